@@ -1,0 +1,176 @@
+"""The ``imgcls`` command: argument parsing only; the work is done by the package API.
+
+Training flags are generated from :mod:`imgcls.config`, so every config field is a flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import types
+import typing
+from pathlib import Path
+
+from imgcls.config import SECTIONS, ConfigError, RunConfig, iter_options
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = {section: typing.get_type_hints(cls) for section, cls in (("", RunConfig), *SECTIONS.items())}
+    for section, f in iter_options():
+        if f.metadata.get("cli") is False or "help" not in f.metadata:
+            continue
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        dest = f"{section}.{f.name}" if section else f.name
+        kind = hints[section][f.name]
+        options = [t for t in (typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,))
+                   if t is not type(None)]
+        base = options[0]
+        shown = f" (default: {f.default})" if f.default not in (None, dataclasses.MISSING) else ""
+        kwargs: dict = {"dest": dest, "default": argparse.SUPPRESS, "help": f.metadata["help"] + shown}
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is list:
+            kwargs.update(action="append", type=typing.get_args(base)[0], metavar="DIR")
+        else:
+            kwargs.update(type=base, metavar=f.name.upper())
+        parser.add_argument(flag, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgcls", description="Train, evaluate and use image classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a classifier on a dataset")
+    train.add_argument("data", nargs="?", help="dataset folder (class folders, or train/ val/ test/) or CSV manifest")
+    train.add_argument("--config", help="YAML config to start from (e.g. a run's config.yaml)")
+    train.add_argument("--recipe", help=f"named recipe from {RECIPES.name}/ or a YAML path")
+    train.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last.pt")
+    _add_config_flags(train)
+
+    ev = sub.add_parser("eval", help="metrics of a checkpoint on a dataset split")
+    ev.add_argument("checkpoint", help="checkpoint file or run folder")
+    ev.add_argument("data", nargs="?", help="dataset (default: the run's own)")
+    ev.add_argument("--split", help="train | val | test | all (default: test if present, else val)")
+    ev.add_argument("--out", help="folder for eval.json and CSVs (default: <run>/eval-<split>)")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--device", default="auto")
+
+    pr = sub.add_parser("predict", help="predict files and folders to CSV")
+    pr.add_argument("checkpoint", help="checkpoint file or run folder")
+    pr.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
+    pr.add_argument("--out", default="predictions.csv", help="CSV to write")
+    pr.add_argument("--topk", type=int, default=3)
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--device", default="auto")
+
+    demo = sub.add_parser("demo", help="train, evaluate and predict on the bundled sample dataset")
+    demo.add_argument("--out", default="runs", help="folder for the run and the extracted data")
+    demo.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    return parser
+
+
+def _resolve_recipe(name: str) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = RECIPES / f"{name}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml"))) or "none"
+    raise ConfigError(f"--recipe {name}: no such recipe (known: {known})")
+
+
+def _train_config(args: argparse.Namespace) -> tuple[RunConfig, dict]:
+    overrides = {k: v for k, v in vars(args).items() if "." in k or k in ("name", "out_dir")}
+    overrides = {k: v for k, v in overrides.items() if k != "command"}
+    if args.resume:
+        base = RunConfig.load(Path(args.resume) / "config.yaml")
+    elif args.config:
+        base = RunConfig.load(args.config)
+    elif args.recipe:
+        base = RunConfig.load(_resolve_recipe(args.recipe))
+    else:
+        base = RunConfig()
+    if args.data:
+        overrides["data.path"] = args.data
+    config = base.with_overrides(overrides)
+    if not args.resume and not config.data.path and not config.data.train_dirs:
+        raise ConfigError("give a dataset: imgcls train DATA (or --train DIR)")
+    return config, overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from imgcls.api import train
+
+    config, _ = _train_config(args)
+    result = train(config=config, resume=args.resume)
+    _print_outputs(result)
+    return 0
+
+
+def _print_outputs(result) -> None:
+    print(f"\nrun folder:      {result.run_dir}")
+    print(f"best checkpoint: {result.best_checkpoint}")
+    print(f"metrics per epoch: {result.run_dir / 'metrics.csv'}   tensorboard: {result.run_dir / 'tensorboard'}")
+    for split, metrics in result.metrics.items():
+        print(f"{split:5s} top-1 {metrics['top1']:.4f}  top-{metrics['topk']} {metrics['topk_accuracy']:.4f}  "
+              f"macro-F1 {metrics['f1_macro']:.4f}  -> {metrics['files']['json']}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from imgcls.api import load
+    from imgcls.evaluation.metrics import format_metrics_table
+
+    classifier = load(args.checkpoint, device=args.device)
+    metrics = classifier.evaluate(args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size)
+    print(format_metrics_table(metrics))
+    for item in metrics["skipped"]:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    print(f"\nwritten: {metrics['files']['json']} (and CSVs beside it)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from imgcls.api import load
+    from imgcls.deploy.predict import write_predictions_csv
+
+    classifier = load(args.checkpoint, device=args.device)
+    rows = classifier.predict(args.paths, topk=args.topk, batch_size=args.batch_size, workers=None)
+    out = write_predictions_csv(rows, args.out, args.topk)
+    errors = [r for r in rows if r["error"]]
+    for row in errors:
+        print(f"could not read {row['path']}: {row['error']}", file=sys.stderr)
+    print(f"{len(rows) - len(errors)} images predicted, {len(errors)} unreadable -> {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from imgcls.demo import run_demo
+
+    run_demo(Path(args.out), epochs=args.epochs)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from imgcls.errors import USER_ERRORS
+
+    args = build_parser().parse_args(argv)
+    handler = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo}[args.command]
+    try:
+        return handler(args)
+    except USER_ERRORS as err:
+        if os.environ.get("IMGCLS_DEBUG"):
+            raise
+        print(f"imgcls: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgcls: interrupted (the last finished epoch is in last.pt; continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

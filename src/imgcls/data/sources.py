@@ -1,0 +1,151 @@
+"""Find the labelled samples of a dataset, whatever layout it comes in.
+
+Layouts, checked in this order:
+  * a CSV manifest ``path,label[,split]`` (paths relative to the CSV);
+  * a folder with ``train/`` (and optionally ``val/`` and ``test/``) of class folders;
+  * a single folder of class folders;
+  * ``--train`` folders (several are merged by class name) and an optional ``--val`` folder.
+Whatever has no validation split gets one from :func:`imgcls.data.splits.stratified_split`.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgcls.data.images import is_image_file
+from imgcls.data.splits import stratified_split
+
+VAL_NAMES = ("val", "valid", "validation")
+TEST_NAMES = ("test",)
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read; ``str()`` names the path and the problem."""
+
+
+@dataclass
+class Sample:
+    path: Path
+    label: str
+
+
+@dataclass
+class DatasetSplits:
+    """Labelled samples per split; ``classes`` fixes the label -> index mapping."""
+
+    classes: list[str]
+    splits: dict[str, list[Sample]] = field(default_factory=dict)
+
+    def targets(self, split: str) -> list[int]:
+        index = {name: i for i, name in enumerate(self.classes)}
+        return [index[s.label] for s in self.splits[split]]
+
+    def counts(self, split: str) -> dict[str, int]:
+        counts = dict.fromkeys(self.classes, 0)
+        for sample in self.splits.get(split, []):
+            counts[sample.label] += 1
+        return counts
+
+
+def discover(
+    path: str | Path | None,
+    train_dirs: list[str] | None = None,
+    val_dir: str | None = None,
+    val_fraction: float = 0.15,
+    split_seed: int = 0,
+) -> DatasetSplits:
+    """Read the dataset at ``path`` (and/or ``train_dirs``) into train/val[/test] samples."""
+    splits = _read_layout(Path(path) if path else None, [Path(p) for p in train_dirs or []])
+    if val_dir:
+        splits["val"] = scan_class_folders(Path(val_dir))
+    if "train" not in splits or not splits["train"]:
+        raise DatasetError(f"{path or train_dirs}: no training images found")
+    if "val" not in splits:
+        if not 0.0 < val_fraction < 1.0:
+            raise DatasetError(f"{path}: no val split and --val-fraction {val_fraction} is not in (0, 1)")
+        splits["train"], splits["val"] = stratified_split(splits["train"], val_fraction, split_seed)
+    classes = sorted({s.label for s in splits["train"]})
+    _check_known_classes(splits, classes, path)
+    return DatasetSplits(classes=classes, splits=splits)
+
+
+def _read_layout(root: Path | None, train_dirs: list[Path]) -> dict[str, list[Sample]]:
+    splits: dict[str, list[Sample]] = {}
+    if root is not None:
+        if not root.exists():
+            raise DatasetError(f"{root}: no such file or folder")
+        if root.is_file():
+            return read_manifest(root)
+        train = root / "train"
+        if train.is_dir():
+            splits["train"] = scan_class_folders(train)
+            for name, options in (("val", VAL_NAMES), ("test", TEST_NAMES)):
+                found = next((root / o for o in options if (root / o).is_dir()), None)
+                if found is not None:
+                    splits[name] = scan_class_folders(found)
+        else:
+            splits["train"] = scan_class_folders(root)
+    for extra in train_dirs:
+        splits.setdefault("train", []).extend(scan_class_folders(extra))
+    return splits
+
+
+def scan_class_folders(root: Path) -> list[Sample]:
+    """Every image below ``root/<class>/`` (recursively), sorted, hidden files skipped."""
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder of class folders")
+    samples = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for file in sorted(class_dir.rglob("*")):
+            if file.is_file() and is_image_file(file) and not _is_hidden(file, class_dir):
+                samples.append(Sample(file, class_dir.name))
+    if not samples:
+        raise DatasetError(f"{root}: no images found in class sub-folders")
+    return samples
+
+
+def list_images(paths: list[str | Path]) -> list[Path]:
+    """Files given directly, plus every image below the folders given (for prediction)."""
+    found: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            found.extend(sorted(f for f in item.rglob("*") if f.is_file() and is_image_file(f)
+                                and not _is_hidden(f, item)))
+        elif item.exists():
+            found.append(item)
+        else:
+            raise DatasetError(f"{item}: no such file or folder")
+    return found
+
+
+def read_manifest(csv_path: Path) -> dict[str, list[Sample]]:
+    """Read ``path,label[,split]`` rows; paths are relative to the CSV's folder."""
+    try:
+        with csv_path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DatasetError(f"{csv_path}: cannot read manifest: {err}") from None
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise DatasetError(f"{csv_path}: a manifest needs a header with 'path' and 'label' columns")
+    splits: dict[str, list[Sample]] = {}
+    for line, row in enumerate(rows, start=2):
+        if not row["path"] or not row["label"]:
+            raise DatasetError(f"{csv_path}:{line}: empty path or label")
+        split = (row.get("split") or "train").strip().lower()
+        split = "val" if split in VAL_NAMES else split
+        splits.setdefault(split, []).append(Sample(csv_path.parent / row["path"], row["label"].strip()))
+    return splits
+
+
+def _is_hidden(file: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in file.relative_to(root).parts)
+
+
+def _check_known_classes(splits: dict[str, list[Sample]], classes: list[str], where) -> None:
+    known = set(classes)
+    for name, samples in splits.items():
+        unknown = sorted({s.label for s in samples} - known)
+        if unknown:
+            raise DatasetError(f"{where}: {name} split has classes with no training images: {unknown}")
