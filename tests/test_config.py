@@ -48,3 +48,13 @@ def test_every_config_field_has_a_flag_or_is_deliberately_file_only():
     for section, f in iter_options():
         dest = f"{section}.{f.name}" if section else f.name
         assert dest in dests or f.metadata.get("cli") is False, dest
+
+
+def test_usage_doc_lists_every_option():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gen_usage.py"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

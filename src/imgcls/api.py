@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from imgcls.config import RunConfig
@@ -27,10 +28,11 @@ def train(data: str | Path | None = None, *, config: RunConfig | str | Path | No
           resume: str | Path | None = None, evaluate: bool = True, **options) -> TrainResult:
     """Train on ``data``; with ``resume=RUN_DIR`` continue that run (options may extend it,
     e.g. ``epochs=10``). The best checkpoint is evaluated on val (and test) at the end."""
-    if resume is not None:
-        config = Path(resume) / "config.yaml" if Path(resume).is_dir() else config
+    if resume is not None and config is None:
+        run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        config = run_dir / "config.yaml"
     result = _train_loop(make_config(data, config, **options), resume=resume)
-    if evaluate:
+    if evaluate and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 evaluates alone
         classifier = Classifier.load(result.best_checkpoint)
         for split in ("val", "test"):
             if split in result.splits:
@@ -41,5 +43,10 @@ def train(data: str | Path | None = None, *, config: RunConfig | str | Path | No
 
 
 def load(path: str | Path, device: str = "auto") -> Classifier:
-    """Load a checkpoint file or run folder (its best.pt) for prediction and evaluation."""
+    """Load a checkpoint file, run folder (its best.pt) or exported ``.onnx`` file for
+    prediction and evaluation (an ONNX file runs on ONNX Runtime, with the same interface)."""
+    if str(path).lower().endswith(".onnx"):
+        from imgcls.deploy.onnx_model import OnnxClassifier
+
+        return OnnxClassifier.load(path, device)
     return Classifier.load(path, device)

@@ -105,10 +105,14 @@ def _train_config(args: argparse.Namespace) -> tuple[RunConfig, dict]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from imgcls.api import train
+    from imgcls.training import distributed
 
     config, _ = _train_config(args)
+    if config.train.devices > 1 and not distributed.launched_by_torchrun():
+        return distributed.launch(config.train.devices, args.argv)
     result = train(config=config, resume=args.resume)
-    _print_outputs(result)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_outputs(result)
     return 0
 
 
@@ -158,7 +162,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from imgcls.errors import USER_ERRORS
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     handler = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo}[args.command]
     try:
         return handler(args)

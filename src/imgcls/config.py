@@ -36,7 +36,7 @@ class DataConfig:
     mean: list[float] | None = _opt(None, "normalisation mean (default: from the backbone)", cli=False)
     std: list[float] | None = _opt(None, "normalisation std (default: from the backbone)", cli=False)
     augment: str = _opt("default", "train augmentation preset: default | none")
-    batch_size: int = _opt(32, "images per optimisation step")
+    batch_size: int = _opt(32, "images per optimisation step, over all devices and accumulation steps")
     workers: int | None = _opt(None, "data-loading worker processes (default: one per CPU core, at most 8)")
 
 
@@ -72,6 +72,11 @@ class TrainConfig:
     topk: int = _opt(3, "k of the top-k accuracy")
     seed: int = _opt(0, "seed of weights init, data order and augmentation")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    devices: int = _opt(1, "processes (GPUs) to train on; >1 launches torchrun with DDP")
+    accumulate: int = _opt(1, "gradient accumulation: micro-batches per optimiser step")
+    sync_bn: bool = _opt(False, "synchronise BatchNorm statistics across DDP processes")
+    channels_last: bool = _opt(True, "channels_last memory format on CUDA")
+    compile: bool = _opt(False, "torch.compile the model (CUDA; slow first epoch)")
 
 
 @dataclass

@@ -3,10 +3,14 @@
 Reproducibility contract: data order, augmentation and dropout depend only on
 (seed, epoch, sample), so a run stopped after epoch k and resumed from ``last.pt`` ends
 with the same weights (on CPU) as one that never stopped.
+
+Under ``torchrun`` every process runs this same loop on its shard of the data (PyTorch
+DDP); ``--batch-size`` stays the global batch, and only rank 0 writes files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +21,16 @@ import torch
 from torch import nn
 
 from imgcls.config import RunConfig
+from imgcls.training import distributed
+from imgcls.training.distributed import DistContext
 from imgcls.data.dataset import ImageDataset
 from imgcls.data.loaders import make_loader
 from imgcls.data.sources import DatasetSplits, discover
 from imgcls.data.transforms import Preprocessing, eval_transform, train_transform
 from imgcls.evaluation.inference import Predictions, predict_loader
 from imgcls.models.classifier import apply_freeze, build_model, parameter_counts, train_mode
-from imgcls.runtime import amp_dtype, autocast, configure_logging, log, progress, select_device, seed_everything
+from imgcls.runtime import (amp_dtype, autocast, configure_cuda, configure_logging, log, progress, select_device,
+                            seed_everything)
 from imgcls.training.callbacks import Monitor
 from imgcls.training.checkpoint import read_checkpoint, rng_state, save_checkpoint
 from imgcls.training.logs import BadFileLog, MetricsLog
@@ -56,26 +63,37 @@ class Trainer:
     amp: torch.dtype | None
     criterion: nn.Module
     bad_files: BadFileLog
+    ctx: DistContext = field(default_factory=DistContext)
+    net: nn.Module | None = None  # what training calls: the model, DDP-wrapped and/or compiled
     step: int = 0
     stop_requested: bool = False
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        use = self.config.train.channels_last and self.device.type == "cuda"
+        return torch.channels_last if use else torch.contiguous_format
 
 
 EpochCallback = Callable[[Trainer, dict], None]
 
 
 def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[EpochCallback] = ()) -> TrainResult:
-    run_dir, config, checkpoint = _open(config, resume)
-    trainer = _build(config, run_dir, checkpoint)
+    ctx, cuda_device = distributed.init_distributed(config.train.device)
+    run_dir, config, checkpoint = _open(config, resume, ctx)
+    trainer = _build(config, run_dir, checkpoint, ctx, cuda_device)
     monitor = Monitor(config.train.monitor, config.train.early_stopping)
-    metrics_log = MetricsLog(run_dir)
-    start_epoch, history = 0, []
+    metrics_log = MetricsLog(run_dir) if ctx.is_main else None
+    start_epoch, history, phase = 0, [], None
     if checkpoint is not None:
         start_epoch, history = _restore(trainer, monitor, checkpoint)
-        metrics_log.truncate(start_epoch)
+        if metrics_log:
+            metrics_log.truncate(start_epoch)
         log.info("resumed %s after epoch %d", run_dir, start_epoch)
 
     for epoch in range(start_epoch, config.train.epochs):
-        phase = _set_phase(trainer, epoch)
+        phase, previous = _set_phase(trainer, epoch), phase
+        if phase != previous:
+            _wrap(trainer)  # DDP must know which parameters train in this phase
         seed_everything(config.train.seed * 1000 + epoch)
         started = time.perf_counter()
         train_stats = train_one_epoch(trainer, epoch)
@@ -85,11 +103,12 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
         if trainer.scheduler is not None and config.train.scheduler == "plateau":
             trainer.scheduler.step(epoch + 1, row[config.train.monitor])
         history.append(row)
-        metrics_log.write(row)
-        _log_epoch(row, improved)
-        _save(trainer, monitor, history, run_dir / "last.pt", epoch + 1)
-        if improved:
-            _save(trainer, monitor, history, run_dir / "best.pt", epoch + 1)
+        if ctx.is_main:
+            metrics_log.write(row)
+            _log_epoch(row, improved)
+            _save(trainer, monitor, history, run_dir / "last.pt", epoch + 1)
+            if improved:
+                _save(trainer, monitor, history, run_dir / "best.pt", epoch + 1)
         for callback in callbacks:
             callback(trainer, row)
         if monitor.should_stop:
@@ -97,47 +116,98 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
             break
         if trainer.stop_requested:
             break
-    metrics_log.close()
+    if metrics_log:
+        metrics_log.close()
+    distributed.shutdown()
     best = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
     return TrainResult(run_dir=run_dir, best_checkpoint=best, splits=list(trainer.data.splits), history=history)
 
 
 def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
-    model, cfg = trainer.model, trainer.config.train
+    model, cfg, accumulate = trainer.model, trainer.config.train, trainer.config.train.accumulate
     loader = trainer.loaders["train"]
     loader.sampler.set_epoch(epoch)
     train_mode(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    usable = len(loader) - len(loader) % accumulate  # an unfinished accumulation is dropped
     loss_sum, correct, seen = 0.0, 0, 0
-    for batch in progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}"):
+    trainer.optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=usable)):
+        if i >= usable:
+            break
         trainer.bad_files.add(batch.bad)
-        if len(batch) < 2:  # BatchNorm cannot train on a single image
+        images, targets, weight = _batch_tensors(trainer, batch)
+        if images is None:
             continue
-        images = batch.images.to(trainer.device, non_blocking=True)
-        targets = batch.targets.to(trainer.device, non_blocking=True)
-        with autocast(trainer.device, trainer.amp):
-            logits = model(images)
+        last_micro = (i + 1) % accumulate == 0
+        with _maybe_no_sync(trainer, last_micro), autocast(trainer.device, trainer.amp):
+            logits = trainer.net(images)
             loss = trainer.criterion(logits, targets) + model.head.l2_penalty()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.scaler.scale(loss).backward()
-        if cfg.grad_clip:
-            trainer.scaler.unscale_(trainer.optimizer)
-            nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        trainer.scaler.step(trainer.optimizer)
-        trainer.scaler.update()
-        trainer.step += 1
-        if trainer.scheduler is not None and cfg.scheduler != "plateau":
-            trainer.scheduler.step_update(trainer.step)
+            trainer.scaler.scale(loss * weight / accumulate).backward()
+        if last_micro:
+            _optimizer_step(trainer)
         loss_sum += loss.item() * len(batch)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += len(batch)
+    distributed.sync_buffers(trainer.ctx, model)
+    loss_sum, correct, seen = distributed.sum_across(trainer.ctx, loss_sum, correct, seen)
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
 
+def _batch_tensors(trainer: Trainer, batch) -> tuple:
+    """Images and targets on the device, and the batch's weight in the loss.
+
+    A batch left with under two decodable images cannot train BatchNorm. One process
+    skips it; under DDP every rank must still run forward and backward, so it trains on a
+    zero-weighted stand-in instead of hanging the others.
+    """
+    if len(batch) >= 2:
+        images, targets, weight = batch.images, batch.targets, 1.0
+    elif trainer.ctx.enabled:
+        size = trainer.preprocessing.image_size
+        images, targets, weight = torch.zeros(2, 3, size, size), torch.zeros(2, dtype=torch.long), 0.0
+    else:
+        return None, None, 0.0
+    images = images.to(trainer.device, non_blocking=True).contiguous(memory_format=trainer.memory_format)
+    return images, targets.to(trainer.device, non_blocking=True), weight
+
+
+def _maybe_no_sync(trainer: Trainer, last_micro: bool):
+    """Skip DDP's gradient all-reduce on all but the last micro-batch of an accumulation."""
+    if trainer.ctx.enabled and not last_micro and hasattr(trainer.net, "no_sync"):
+        return trainer.net.no_sync()
+    return contextlib.nullcontext()
+
+
+def _optimizer_step(trainer: Trainer) -> None:
+    cfg = trainer.config.train
+    if cfg.grad_clip:
+        trainer.scaler.unscale_(trainer.optimizer)
+        nn.utils.clip_grad_norm_([p for p in trainer.model.parameters() if p.requires_grad], cfg.grad_clip)
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.step += 1
+    if trainer.scheduler is not None and cfg.scheduler != "plateau":
+        trainer.scheduler.step_update(trainer.step)
+
+
 def _predict(trainer: Trainer, split: str) -> Predictions:
-    predictions = predict_loader(trainer.model, trainer.loaders[split], trainer.device, trainer.amp, desc=split)
+    local = predict_loader(trainer.model, trainer.loaders[split], trainer.device, trainer.amp, desc=split)
+    predictions = distributed.gather_predictions(trainer.ctx, local)
     trainer.bad_files.add(predictions.bad)
     return predictions
+
+
+def _wrap(trainer: Trainer) -> None:
+    """(Re)build what training calls: DDP over the currently trainable parameters, compiled
+    if asked. Rebuilt at each phase change because DDP fixes its parameter set."""
+    net: nn.Module = trainer.model
+    if trainer.ctx.enabled:
+        device_ids = [trainer.device.index] if trainer.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
+    if trainer.config.train.compile:
+        net = torch.compile(net)
+    trainer.net = net
 
 
 def _set_phase(trainer: Trainer, epoch: int) -> str:
@@ -209,29 +279,40 @@ def _restore(trainer: Trainer, monitor: Monitor, checkpoint: dict) -> tuple[int,
     return checkpoint["epoch"], list(checkpoint["history"])
 
 
-def _open(config: RunConfig, resume) -> tuple[Path, RunConfig, dict | None]:
-    if resume is None:
-        run_dir = open_run_dir(config)
-        checkpoint = None
-    else:
+def _open(config: RunConfig, resume, ctx: DistContext) -> tuple[Path, RunConfig, dict | None]:
+    """Rank 0 creates (or finds) the run folder and tells the other ranks where it is."""
+    checkpoint = None
+    if resume is not None:
         checkpoint = read_checkpoint(Path(resume) / "last.pt" if Path(resume).is_dir() else resume)
         run_dir = Path(checkpoint["path"]).parent
-    configure_logging(run_dir / "train.log")
-    config.save(run_dir / "config.yaml")
+    elif ctx.is_main:
+        run_dir = open_run_dir(config)
+    else:
+        run_dir = None
+    run_dir = Path(distributed.broadcast_object(ctx, str(run_dir)))
+    config.name = run_dir.name
+    configure_logging(run_dir / "train.log" if ctx.is_main else None, verbose=ctx.is_main)
+    if ctx.is_main:
+        config.save(run_dir / "config.yaml")
     return run_dir, config, checkpoint
 
 
-def _build(config: RunConfig, run_dir: Path, checkpoint: dict | None) -> Trainer:
-    device = select_device(config.train.device)
+def _build(config: RunConfig, run_dir: Path, checkpoint: dict | None, ctx: DistContext,
+           cuda_device: torch.device | None) -> Trainer:
+    device = cuda_device or select_device(config.train.device)
+    configure_cuda()
     amp = amp_dtype(device, config.train.amp)
     seed_everything(config.train.seed)
     d = config.data
     data = discover(d.path, d.train_dirs, d.val_dir, d.val_fraction, d.split_seed)
     model, preprocessing = build_model(config.model, d, len(data.classes), load_weights=checkpoint is None)
-    model.to(device)
-    loaders = _make_loaders(data, preprocessing, config)
+    if ctx.enabled and config.train.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory_format = torch.channels_last if config.train.channels_last and device.type == "cuda" else None
+    model.to(device, memory_format=memory_format) if memory_format else model.to(device)
+    loaders = _make_loaders(data, preprocessing, config, ctx)
     optimizer = create_optimizer(model, config.train)
-    _describe(config, data, model, device, run_dir)
+    _describe(config, data, model, device, run_dir, ctx)
     return Trainer(
         config=config,
         data=data,
@@ -239,33 +320,46 @@ def _build(config: RunConfig, run_dir: Path, checkpoint: dict | None) -> Trainer
         preprocessing=preprocessing,
         loaders=loaders,
         optimizer=optimizer,
-        scheduler=create_scheduler(optimizer, config.train, len(loaders["train"])),
+        scheduler=create_scheduler(optimizer, config.train, len(loaders["train"]) // config.train.accumulate),
         scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
         device=device,
         amp=amp,
         criterion=nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing),
-        bad_files=BadFileLog(run_dir / "bad_files.csv"),
+        bad_files=BadFileLog(run_dir / "bad_files.csv" if ctx.is_main else None),
+        ctx=ctx,
     )
 
 
+def per_device_batch(config: RunConfig, world_size: int) -> int:
+    """``--batch-size`` is the global batch: split over processes and accumulation steps."""
+    parts = world_size * config.train.accumulate
+    if config.data.batch_size % parts:
+        log.warning("--batch-size %d is not divisible by %d processes x %d accumulation steps",
+                    config.data.batch_size, world_size, config.train.accumulate)
+    return max(config.data.batch_size // parts, 1)
+
+
 def make_split_loader(data: DatasetSplits, split: str, preprocessing: Preprocessing, config: RunConfig,
-                      train: bool = False):
+                      train: bool = False, ctx: DistContext = DistContext()):
     paths = [s.path for s in data.splits[split]]
     transform = train_transform(preprocessing, config.data.augment) if train else eval_transform(preprocessing)
     dataset = ImageDataset(paths, data.targets(split), transform, draft_size=preprocessing.resize_size)
-    return make_loader(dataset, config.data.batch_size, train=train, seed=config.train.seed,
-                       workers=config.data.workers)
+    return make_loader(dataset, per_device_batch(config, ctx.world_size), train=train, seed=config.train.seed,
+                       workers=config.data.workers, rank=ctx.rank, world_size=ctx.world_size)
 
 
-def _make_loaders(data: DatasetSplits, preprocessing: Preprocessing, config: RunConfig) -> dict:
-    return {split: make_split_loader(data, split, preprocessing, config, train=split == "train")
+def _make_loaders(data: DatasetSplits, preprocessing: Preprocessing, config: RunConfig, ctx: DistContext) -> dict:
+    return {split: make_split_loader(data, split, preprocessing, config, train=split == "train", ctx=ctx)
             for split in data.splits}
 
 
-def _describe(config: RunConfig, data: DatasetSplits, model: nn.Module, device: torch.device, run_dir: Path) -> None:
+def _describe(config: RunConfig, data: DatasetSplits, model: nn.Module, device: torch.device, run_dir: Path,
+              ctx: DistContext) -> None:
     counts = ", ".join(f"{split} {len(samples)}" for split, samples in data.splits.items())
     log.info("run folder: %s", run_dir)
     log.info("data: %d classes; %s images", len(data.classes), counts)
     params = parameter_counts(model)
     log.info("model: %s (%s head), %.2fM parameters, device %s", config.model.name, config.model.head,
              params["total"] / 1e6, device)
+    log.info("batch: %d global = %d per device x %d processes x %d accumulation steps", config.data.batch_size,
+             per_device_batch(config, ctx.world_size), ctx.world_size, config.train.accumulate)
