@@ -24,7 +24,8 @@ def option_table() -> str:
         else:
             default = f.default_factory()
         key = f"{section}.{f.name}" if section else f.name
-        lines.append(f"| `{flag}` | `{key}` | `{default}` | {f.metadata['help']} |")
+        meaning = f.metadata["help"].replace("|", "\\|")
+        lines.append(f"| `{flag}` | `{key}` | `{default}` | {meaning} |")
     return "\n".join(lines)
 
 
