@@ -34,6 +34,7 @@ from imgcls.runtime import (amp_dtype, autocast, configure_cuda, configure_loggi
 from imgcls.training.callbacks import Monitor
 from imgcls.training.checkpoint import read_checkpoint, rng_state, save_checkpoint
 from imgcls.training.logs import BadFileLog, MetricsLog
+from imgcls.training.losses import build_criterion
 from imgcls.training.optim import create_optimizer, create_scheduler
 from imgcls.training.rundir import open_run_dir
 
@@ -324,7 +325,7 @@ def _build(config: RunConfig, run_dir: Path, checkpoint: dict | None, ctx: DistC
         scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
         device=device,
         amp=amp,
-        criterion=nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing),
+        criterion=build_criterion(config, data),
         bad_files=BadFileLog(run_dir / "bad_files.csv" if ctx.is_main else None),
         ctx=ctx,
     )
