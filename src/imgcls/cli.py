@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
 
     ev = sub.add_parser("eval", help="metrics of a checkpoint on a dataset split")
-    ev.add_argument("checkpoint", help="checkpoint file or run folder")
+    ev.add_argument("checkpoint", help="checkpoint file, run folder or exported .onnx file")
     ev.add_argument("data", nargs="?", help="dataset (default: the run's own)")
     ev.add_argument("--split", help="train | val | test | all (default: test if present, else val)")
     ev.add_argument("--out", help="folder for eval.json and CSVs (default: <run>/eval-<split>)")
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
 
     pr = sub.add_parser("predict", help="predict files and folders to CSV")
-    pr.add_argument("checkpoint", help="checkpoint file or run folder")
+    pr.add_argument("checkpoint", help="checkpoint file, run folder or exported .onnx file")
     pr.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
     pr.add_argument("--out", default="predictions.csv", help="CSV to write")
     pr.add_argument("--topk", type=int, default=3)
@@ -70,6 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train, evaluate and predict on the bundled sample dataset")
     demo.add_argument("--out", default="runs", help="folder for the run and the extracted data")
     demo.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+
+    ex = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch")
+    ex.add_argument("checkpoint", help="checkpoint file or run folder")
+    ex.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    ex.add_argument("--out", help="file to write (default: the checkpoint's name with .onnx)")
+    ex.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    ex.add_argument("--int8", action="store_true", help="also write an int8-quantised <out>.int8.onnx")
+    ex.add_argument("--int8-mode", default="static", choices=["static", "dynamic"],
+                    help="static: calibrated on training images (best for CNNs); dynamic: weights only")
+    ex.add_argument("--data", help="dataset for sample, calibration and validation images (default: the run's own)")
+    ex.add_argument("--calibration-images", type=int, default=128, help="training images to calibrate --int8 on")
+
+    sv = sub.add_parser("serve", help="HTTP prediction server with an upload page")
+    sv.add_argument("model", help="checkpoint file, run folder or exported .onnx file")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (non-loopback needs an API key)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
+    sv.add_argument("--api-key", help="key clients send in the X-API-Key header (default: $IMGCLS_API_KEY)")
+    sv.add_argument("--max-batch", type=int, default=32, help="images per model call; 1 turns batching off")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
+    sv.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body accepted (413 above)")
+    sv.add_argument("--max-images", type=int, default=32, help="most images in one request")
+    sv.add_argument("--topk", type=int, default=5, help="labels per image unless the request says ?topk=")
+    sv.add_argument("--device", default="auto")
+    sv.add_argument("--threads", type=int, help="CPU threads per worker for inference")
     return parser
 
 
@@ -159,13 +184,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from imgcls.deploy.export import export_checkpoint
+
+    report = export_checkpoint(args.checkpoint, args.out, opset=args.opset, int8=args.int8,
+                               int8_mode=args.int8_mode, data=args.data, calibration_images=args.calibration_images)
+    print(report.summary())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from imgcls.deploy.serve import ServeSettings, serve
+
+    settings = ServeSettings(model=args.model, host=args.host, port=args.port, workers=args.workers,
+                             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_body_mb=args.max_body_mb,
+                             max_images=args.max_images, topk=args.topk, device=args.device, threads=args.threads)
+    serve(settings, api_key=args.api_key)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from imgcls.errors import USER_ERRORS
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    handler = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo}[args.command]
+    handler = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo,
+               "export": cmd_export, "serve": cmd_serve}[args.command]
     try:
         return handler(args)
     except USER_ERRORS as err:

@@ -40,10 +40,14 @@ class Classifier:
 
     def predict_proba(self, images: list[Image.Image]) -> np.ndarray:
         """Class probabilities for in-memory PIL images, shape (n, C)."""
-        batch = torch.stack([self.transform(to_rgb(image)) for image in images]).to(self.device)
+        return self.probabilities(torch.stack([self.transform(to_rgb(image)) for image in images]))
+
+    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        """Class probabilities for an already preprocessed batch (n, 3, H, W) (used by the server,
+        which preprocesses each request itself and batches requests together)."""
         with torch.no_grad():
             self.model.eval()
-            logits = self.model(batch).float() / self.temperature
+            logits = self.model(batch.to(self.device)).float() / self.temperature
         return logits.softmax(1).cpu().numpy()
 
     def predict(self, images, topk: int = 3, batch_size: int = 32, workers: int | None = 0) -> list[dict]:

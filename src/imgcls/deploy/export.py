@@ -1,0 +1,349 @@
+"""``imgcls export``: a checkpoint to a self-describing ONNX file, checked against PyTorch.
+
+The graph takes preprocessed images ``(batch, 3, H, W)`` (dynamic batch axis) and returns
+``logits`` and temperature-scaled ``probabilities``. Everything else needed to use it
+(class names, input size, mean/std, resize/crop, temperature, unknown threshold, the run's
+config, the imgcls version) is stored as JSON strings in the model's ``metadata_props``.
+
+Every export is checked before it is reported as done:
+
+* fp32: ONNX Runtime probabilities within ``PARITY_TOLERANCE`` of PyTorch on sample images
+  (the run's validation images; random images when the dataset is not at hand);
+* ``--int8``: ONNX Runtime quantisation (static QDQ calibrated on training images by
+  default, or dynamic) must agree with the fp32 PyTorch top-1 on at least
+  ``MIN_INT8_AGREEMENT`` of the validation split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+import imgcls
+from imgcls.config import RunConfig
+from imgcls.data.dataset import ImageDataset
+from imgcls.data.loaders import make_loader
+from imgcls.data.sources import DatasetError, Sample
+from imgcls.data.transforms import Preprocessing, eval_transform
+from imgcls.deploy.onnx_model import INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME, open_session
+from imgcls.evaluation.evaluate import load_split
+from imgcls.runtime import log
+from imgcls.training.checkpoint import model_from_checkpoint, read_checkpoint
+
+PARITY_TOLERANCE = 1e-4
+MIN_INT8_AGREEMENT = 0.99
+DEFAULT_OPSET = 18
+FORMAT = "imgcls-onnx/1"
+
+
+class ExportError(ValueError):
+    """An export that was written but failed its check (the message says which and by how much)."""
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    opset: int
+    exporter: str
+    parity_max_abs_diff: float
+    parity_images: int
+    parity_source: str  # "validation split" or why random images were used
+    int8_path: Path | None = None
+    int8_mode: str | None = None
+    int8_agreement: float | None = None
+    int8_images: int = 0
+    calibration_images: int = 0
+    accuracy: dict[str, float] = field(default_factory=dict)  # top-1 on val: torch, int8
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.path} (opset {self.opset}, {self.exporter} exporter, "
+                 f"{self.path.stat().st_size / 1e6:.1f} MB)",
+                 f"fp32 parity: max |p_onnx - p_torch| = {self.parity_max_abs_diff:.2e} on {self.parity_images} "
+                 f"images from the {self.parity_source} (tolerance {PARITY_TOLERANCE:.0e}) -> OK"]
+        if self.int8_path is not None:
+            lines.append(f"wrote {self.int8_path} (int8, {self.int8_mode} quantisation, "
+                         f"{self.int8_path.stat().st_size / 1e6:.1f} MB"
+                         + (f", calibrated on {self.calibration_images} training images)" if self.calibration_images
+                            else ")"))
+            lines.append(f"int8 top-1 agreement with PyTorch fp32: {self.int8_agreement:.2%} on {self.int8_images} "
+                         f"validation images (required >= {MIN_INT8_AGREEMENT:.0%}) -> OK")
+            if self.accuracy:
+                lines.append("validation top-1: " + ", ".join(f"{k} {v:.4f}" for k, v in self.accuracy.items()))
+        return "\n".join(lines)
+
+
+class _ExportedGraph(nn.Module):
+    """The classifier with its outputs as the ONNX graph exposes them."""
+
+    def __init__(self, model: nn.Module, temperature: float):
+        super().__init__()
+        self.model = model
+        self.temperature = temperature
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(images)
+        return logits, torch.softmax(logits / self.temperature, dim=1)
+
+
+def metadata_for(checkpoint: dict, preprocessing: Preprocessing, precision: str) -> dict[str, str]:
+    """The ``metadata_props`` of an export; values are JSON so types survive the string map."""
+    values = {
+        "format": FORMAT,
+        "classes": list(checkpoint["classes"]),
+        "input_size": [3, preprocessing.image_size, preprocessing.image_size],
+        "input_layout": "NCHW, float32 RGB in [0, 1] normalised with mean/std",
+        "mean": list(preprocessing.mean),
+        "std": list(preprocessing.std),
+        "resize_size": preprocessing.resize_size,
+        "crop_pct": preprocessing.crop_pct,
+        "interpolation": preprocessing.interpolation,
+        "preprocessing": preprocessing.to_dict(),
+        "temperature": float(checkpoint.get("temperature", 1.0)),
+        "unknown_threshold": checkpoint.get("unknown_threshold"),
+        "outputs": {LOGITS_NAME: "raw class scores", PROBABILITIES_NAME: "softmax(logits / temperature)"},
+        "precision": precision,
+        "model_name": checkpoint["config"]["model"]["name"],
+        "epoch": checkpoint.get("epoch"),
+        "source_checkpoint": Path(checkpoint["path"]).name,
+        "imgcls_version": imgcls.__version__,
+        "config": checkpoint["config"],
+    }
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
+def set_metadata(model_proto, metadata: dict[str, str]) -> None:
+    del model_proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    model_proto.doc_string = "imgcls image classifier; read metadata_props for class names and preprocessing"
+
+
+def export_graph(model: nn.Module, temperature: float, image_size: int, opset: int):
+    """Trace the model to an ``onnx.ModelProto`` with a dynamic batch axis.
+
+    The torch.export-based exporter (``dynamo=True``, the default since torch 2.9) comes
+    first; the TorchScript exporter is the fallback for models torch.export cannot trace.
+    """
+    graph = _ExportedGraph(model, temperature).eval()
+    # Batch 2, not 1: torch.export specialises a dimension of size 1 to a constant.
+    example = torch.randn(2, 3, image_size, image_size)
+    names = dict(input_names=[INPUT_NAME], output_names=[LOGITS_NAME, PROBABILITIES_NAME], opset_version=opset)
+    try:
+        with _quiet():
+            program = torch.onnx.export(graph, (example,), dynamo=True, verbose=False,
+                                        dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, **names)
+        return program.model_proto, "torch.export (dynamo)"
+    except Exception as err:  # noqa: BLE001 - any tracing failure: try the other exporter
+        log.warning("torch.export-based ONNX export failed (%s); using the TorchScript exporter",
+                    str(err).splitlines()[0][:200])
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        target = Path(tmp) / "model.onnx"
+        torch.onnx.export(graph, (example,), str(target), dynamo=False,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, LOGITS_NAME: {0: "batch"},
+                                        PROBABILITIES_NAME: {0: "batch"}}, **names)
+        return onnx.load(str(target)), "TorchScript"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress lines and deprecation warnings a user cannot act on."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _save(model_proto, path: Path) -> None:
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model_proto, str(path))  # one file: weights inline (< 2 GB for any timm classifier)
+
+
+def _batches(samples: list[Sample], preprocessing: Preprocessing, batch_size: int = 32) -> Iterator[torch.Tensor]:
+    dataset = ImageDataset([s.path for s in samples], None, eval_transform(preprocessing),
+                           draft_size=preprocessing.resize_size)
+    for batch in make_loader(dataset, batch_size, train=False, workers=0):
+        if len(batch):
+            yield batch.images
+
+
+def _split_or_none(data, config: RunConfig, split: str) -> tuple[list[Sample] | None, str]:
+    try:
+        return load_split(data, config, split)[1], ""
+    except (DatasetError, FileNotFoundError, OSError, ValueError) as err:
+        return None, str(err)
+
+
+def _subset(samples: list[Sample], count: int, seed: int = 0) -> list[Sample]:
+    """An even, reproducible pick across classes (samples are sorted by class)."""
+    if len(samples) <= count:
+        return samples
+    return sorted(random.Random(seed).sample(samples, count), key=lambda s: str(s.path))
+
+
+def check_parity(graph: nn.Module, session, batches: list[torch.Tensor]) -> float:
+    """Largest absolute difference of ONNX Runtime vs PyTorch probabilities."""
+    worst = 0.0
+    with torch.no_grad():
+        for images in batches:
+            expected = graph(images)[1].numpy()
+            (actual,) = session.run([PROBABILITIES_NAME], {INPUT_NAME: images.numpy()})
+            worst = max(worst, float(np.abs(actual - expected).max()))
+    return worst
+
+
+class _Calibration:
+    """ONNX Runtime's CalibrationDataReader protocol over preprocessed image batches."""
+
+    def __init__(self, batches: list[torch.Tensor]):
+        self._items = iter([{INPUT_NAME: images.numpy()} for images in batches])
+
+    def get_next(self):
+        return next(self._items, None)
+
+    def rewind(self):  # part of the protocol; one pass is all MinMax calibration needs
+        pass
+
+
+def quantize_int8(fp32_path: Path, out: Path, mode: str, calibration: list[torch.Tensor] | None) -> None:
+    """Static QDQ (per-channel weights, calibrated activations) or dynamic int8 quantisation.
+
+    Static is ONNX Runtime's recommendation for CNNs; dynamic needs no data but only
+    quantises weights, so convolutions keep float activations.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        prepared = Path(tmp) / "prepared.onnx"
+        # Shape inference and graph fusion first, as ONNX Runtime's quantisation guide advises.
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        if mode == "dynamic":
+            quantize_dynamic(str(prepared), str(out), per_channel=True, weight_type=QuantType.QInt8)
+        elif mode == "static":
+            quantize_static(str(prepared), str(out), _Calibration(calibration or []), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+        else:
+            raise ValueError(f"--int8-mode {mode!r}: expected static or dynamic")
+
+
+def compare_int8(graph: nn.Module, session, val: list[Sample], classes: list[str],
+                 preprocessing: Preprocessing) -> tuple[float, int, dict[str, float]]:
+    """Share of validation images whose int8 ONNX top-1 equals the fp32 PyTorch top-1, the
+    number of images, and both models' top-1 accuracy (when the labels are model classes)."""
+    index = {name: i for i, name in enumerate(classes)}
+    labelled = all(s.label in index for s in val)
+    targets = [index[s.label] for s in val] if labelled else None
+    dataset = ImageDataset([s.path for s in val], targets, eval_transform(preprocessing),
+                           draft_size=preprocessing.resize_size)
+    same = total = 0
+    hits = {"pytorch fp32": 0, "onnx int8": 0}
+    with torch.no_grad():
+        for batch in make_loader(dataset, 32, train=False, workers=0):
+            if not len(batch):
+                continue
+            expected = graph(batch.images)[0].argmax(1)
+            (logits,) = session.run([LOGITS_NAME], {INPUT_NAME: batch.images.numpy()})
+            actual = torch.from_numpy(logits).argmax(1)
+            same += int((actual == expected).sum())
+            hits["pytorch fp32"] += int((expected == batch.targets).sum())
+            hits["onnx int8"] += int((actual == batch.targets).sum())
+            total += len(batch)
+    if not total:
+        raise DatasetError("no validation image could be decoded to check the int8 model")
+    accuracy = {k: v / total for k, v in hits.items()} if labelled else {}
+    return same / total, total, accuracy
+
+
+def default_output(checkpoint_path: Path) -> Path:
+    return checkpoint_path.with_suffix(".onnx")
+
+
+def int8_output(fp32_out: Path) -> Path:
+    return fp32_out.with_name(fp32_out.stem + ".int8.onnx")
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, opset: int = DEFAULT_OPSET,
+                      int8: bool = False, int8_mode: str = "static", data: str | Path | None = None,
+                      parity_images: int = 64, calibration_images: int = 128) -> ExportReport:
+    """Export ``checkpoint`` to ONNX (and int8 ONNX), check both, and report what was measured.
+
+    ``data`` is the dataset whose splits provide sample, calibration and validation images
+    (default: the run's own dataset, read from the checkpoint's config).
+    """
+    ckpt = read_checkpoint(checkpoint)
+    if int8_mode not in ("static", "dynamic"):
+        raise ValueError(f"--int8-mode {int8_mode!r}: expected static or dynamic")
+    config = RunConfig.from_dict(ckpt["config"])
+    model, preprocessing = model_from_checkpoint(ckpt)
+    temperature = float(ckpt.get("temperature", 1.0))
+    fp32_out = Path(out) if out else default_output(Path(ckpt["path"]))
+    if fp32_out.suffix.lower() != ".onnx":
+        raise ValueError(f"--out {fp32_out}: the file name must end in .onnx")
+
+    proto, exporter = export_graph(model, temperature, preprocessing.image_size, opset)
+    set_metadata(proto, metadata_for(ckpt, preprocessing, "fp32"))
+    _save(proto, fp32_out)
+
+    graph = _ExportedGraph(model, temperature).eval()
+    val, why = _split_or_none(data, config, "val")
+    if val:
+        sample_batches = list(_batches(_subset(val, parity_images), preprocessing))
+        source = "validation split"
+    else:
+        generator = torch.Generator().manual_seed(0)
+        size = preprocessing.image_size
+        sample_batches = [torch.randn(min(parity_images, 16), 3, size, size, generator=generator)]
+        source = f"random inputs (no dataset: {why})"
+    parity = check_parity(graph, open_session(fp32_out, "cpu"), sample_batches)
+    report = ExportReport(fp32_out, opset, exporter, parity, sum(len(b) for b in sample_batches), source)
+    if not parity <= PARITY_TOLERANCE:
+        raise ExportError(f"{fp32_out}: ONNX probabilities differ from PyTorch by {parity:.2e} "
+                          f"(> {PARITY_TOLERANCE:.0e}); do not ship this file")
+    if int8:
+        _export_int8(report, ckpt, graph, preprocessing, config, data, val, why, int8_mode, calibration_images)
+    return report
+
+
+def _export_int8(report: ExportReport, ckpt: dict, graph: nn.Module, preprocessing: Preprocessing,
+                 config: RunConfig, data, val: list[Sample] | None, why: str, mode: str,
+                 calibration_images: int) -> None:
+    if not val:
+        raise DatasetError(f"--int8 needs the run's validation images to check the quantised model ({why}); "
+                           "give the dataset with --data")
+    calibration = None
+    if mode == "static":
+        train, _ = _split_or_none(data, config, "train")
+        pool = train or val  # a dataset given as a single test folder has no train split
+        calibration = list(_batches(_subset(pool, calibration_images, seed=1), preprocessing))
+        report.calibration_images = sum(len(b) for b in calibration)
+    out = int8_output(report.path)
+    quantize_int8(report.path, out, mode, calibration)
+    import onnx
+
+    proto = onnx.load(str(out))
+    set_metadata(proto, metadata_for(ckpt, preprocessing, f"int8-{mode}"))
+    _save(proto, out)
+    agreement, total, accuracy = compare_int8(graph, open_session(out, "cpu"), val, ckpt["classes"], preprocessing)
+    report.int8_path, report.int8_mode = out, mode
+    report.int8_agreement, report.int8_images, report.accuracy = agreement, total, accuracy
+    if not agreement >= MIN_INT8_AGREEMENT:
+        raise ExportError(f"{out}: int8 top-1 agrees with fp32 on only {agreement:.2%} of {total} validation "
+                          f"images (< {MIN_INT8_AGREEMENT:.0%}); ship the fp32 model {report.path} instead"
+                          + (" or try --int8-mode dynamic" if mode == "static" else ""))
+
