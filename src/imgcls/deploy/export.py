@@ -296,12 +296,16 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, 
     if fp32_out.suffix.lower() != ".onnx":
         raise ValueError(f"--out {fp32_out}: the file name must end in .onnx")
 
+    val, why = _split_or_none(data, config, "val")
+    if int8 and not val:  # checked first: the export itself takes a while
+        raise DatasetError(f"--int8 needs the run's validation images to check the quantised model ({why}); "
+                           "give the dataset with --data")
+
     proto, exporter = export_graph(model, temperature, preprocessing.image_size, opset)
     set_metadata(proto, metadata_for(ckpt, preprocessing, "fp32"))
     _save(proto, fp32_out)
 
     graph = _ExportedGraph(model, temperature).eval()
-    val, why = _split_or_none(data, config, "val")
     if val:
         sample_batches = list(_batches(_subset(val, parity_images), preprocessing))
         source = "validation split"
@@ -316,16 +320,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, 
         raise ExportError(f"{fp32_out}: ONNX probabilities differ from PyTorch by {parity:.2e} "
                           f"(> {PARITY_TOLERANCE:.0e}); do not ship this file")
     if int8:
-        _export_int8(report, ckpt, graph, preprocessing, config, data, val, why, int8_mode, calibration_images)
+        _export_int8(report, ckpt, graph, preprocessing, config, data, val, int8_mode, calibration_images)
     return report
 
 
 def _export_int8(report: ExportReport, ckpt: dict, graph: nn.Module, preprocessing: Preprocessing,
-                 config: RunConfig, data, val: list[Sample] | None, why: str, mode: str,
-                 calibration_images: int) -> None:
-    if not val:
-        raise DatasetError(f"--int8 needs the run's validation images to check the quantised model ({why}); "
-                           "give the dataset with --data")
+                 config: RunConfig, data, val: list[Sample], mode: str, calibration_images: int) -> None:
     calibration = None
     if mode == "static":
         train, _ = _split_or_none(data, config, "train")
