@@ -1,0 +1,120 @@
+"""Head-only epochs on backbone features computed once.
+
+While the backbone is frozen, running it again every epoch recomputes the same numbers:
+features are extracted once per image (or once per each of K augmented views) and the head
+trains on them, which makes a head epoch about as cheap as a matrix multiply.
+
+Equivalence with the uncached path: the frozen backbone runs in eval mode either way
+(frozen BatchNorm keeps its statistics, see ``train_mode``); the head sees the same kind
+of batches, in a seeded order, with the same optimiser steps and schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgcls.data.loaders import make_loader
+from imgcls.evaluation.inference import Predictions
+from imgcls.runtime import autocast, log, progress
+
+
+@dataclass
+class FeatureSet:
+    train: torch.Tensor  # (views, n_train, F); a view's rows follow the dataset order
+    train_targets: torch.Tensor  # (n_train,), -1 where the image could not be decoded
+    val: torch.Tensor  # (n_val, F)
+    val_targets: torch.Tensor
+    val_indices: np.ndarray  # dataset positions of the decodable val images
+    bad: list
+
+
+@torch.no_grad()
+def _extract(backbone: nn.Module, loader, device, amp, size: int, desc: str) -> tuple[torch.Tensor, torch.Tensor, list]:
+    backbone.eval()
+    features, targets, bad = None, torch.full((size,), -1, dtype=torch.long), []
+    for batch in progress(loader, desc=desc):
+        bad.extend(batch.bad)
+        if not len(batch):
+            continue
+        with autocast(device, amp):
+            out = backbone(batch.images.to(device, non_blocking=True)).float().cpu()
+        if features is None:
+            features = torch.zeros(size, out.shape[1])
+        features[batch.indices] = out
+        targets[batch.indices] = batch.targets
+    return features, targets, bad
+
+
+def extract_feature_set(trainer, views: int, clean_train=None) -> FeatureSet:
+    """Features of every train image (``views`` augmented views, or with ``views`` 1 the
+    ``clean_train`` dataset: train images under the eval transform) and of every val image."""
+    batch = trainer.loaders["train"].batch_size
+    workers = trainer.loaders["train"].num_workers
+    train_data = trainer.loaders["train"].dataset
+    val_loader = trainer.loaders["val"]
+    backbone, device, amp = trainer.model.backbone, trainer.device, trainer.amp
+    if views == 1:
+        clean = make_loader(clean_train, batch, train=False, workers=workers,
+                            collate_fn=val_loader.collate_fn)
+        loaders = [clean]
+    else:
+        loaders = []
+        for view in range(views):
+            loader = make_loader(train_data, batch, train=False, seed=trainer.config.train.seed, workers=workers,
+                                 collate_fn=trainer.loaders["train"].collate_fn)
+            loader.sampler.shuffle = False
+            loader.sampler.set_epoch(10_000 + view)  # distinct augmentation seeds per view
+            loaders.append(loader)
+    train_views, train_targets, bad = [], None, []
+    for view, loader in enumerate(loaders):
+        feats, train_targets, view_bad = _extract(backbone, loader, device, amp, len(train_data),
+                                                  f"features (view {view + 1}/{len(loaders)})")
+        train_views.append(feats)
+        bad = bad or view_bad
+    val, val_targets, val_bad = _extract(backbone, val_loader, device, amp, len(val_loader.dataset), "features (val)")
+    decoded = (val_targets >= 0).nonzero().flatten()
+    log.info("feature cache: %d train x %d view(s), %d val images, %d features", len(train_data), len(loaders),
+             len(decoded), train_views[0].shape[1])
+    return FeatureSet(torch.stack(train_views), train_targets, val[decoded], val_targets[decoded],
+                      decoded.numpy(), bad + val_bad)
+
+
+def train_head_epoch(trainer, features: FeatureSet, epoch: int, optimizer_step) -> dict:
+    """One head-only epoch over cached features, as many optimiser steps as the image loader."""
+    head, cfg = trainer.model.head, trainer.config.train
+    head.train()
+    view = features.train[epoch % len(features.train)]
+    usable = (features.train_targets >= 0).nonzero().flatten()
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    order = usable[torch.randperm(len(usable), generator=generator)]
+    batch = trainer.loaders["train"].batch_size
+    steps = len(trainer.loaders["train"])
+    loss_sum, correct, seen = 0.0, 0, 0
+    for step in range(steps):
+        index = order[step * batch : (step + 1) * batch]
+        if len(index) < 2:
+            break
+        x, y = view[index].to(trainer.device), features.train_targets[index].to(trainer.device)
+        logits = head(x)
+        loss = trainer.criterion(logits, y) + head.l2_penalty()
+        trainer.scaler.scale(loss).backward()
+        optimizer_step(trainer)
+        loss_sum += loss.item() * len(index)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(index)
+    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def predict_val(trainer, features: FeatureSet) -> Predictions:
+    head = trainer.model.head
+    head.eval()
+    logits = head(features.val.to(trainer.device)).float()
+    targets = features.val_targets.to(trainer.device)
+    loss = nn.functional.cross_entropy(logits, targets).item() if len(targets) else float("nan")
+    return Predictions(probs=logits.softmax(1).cpu().numpy().astype(np.float64),
+                       targets=features.val_targets.numpy(), indices=features.val_indices, loss=loss)
