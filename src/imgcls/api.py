@@ -7,6 +7,7 @@ from pathlib import Path
 
 from imgcls.config import RunConfig
 from imgcls.deploy.predict import Classifier
+from imgcls.evaluation.calibration import calibrate_classifier
 from imgcls.runtime import log
 from imgcls.training.loop import TrainResult
 from imgcls.training.loop import train as _train_loop
@@ -31,14 +32,18 @@ def train(data: str | Path | None = None, *, config: RunConfig | str | Path | No
     if resume is not None and config is None:
         run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
         config = run_dir / "config.yaml"
-    result = _train_loop(make_config(data, config, **options), resume=resume)
+    run_config = make_config(data, config, **options)
+    result = _train_loop(run_config, resume=resume)
     if evaluate and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 evaluates alone
         classifier = Classifier.load(result.best_checkpoint)
-        for split in ("val", "test"):
-            if split in result.splits:
-                result.metrics[split] = classifier.evaluate(None, split=split)
-                log.info("%s: top-1 %.4f  macro-F1 %.4f  (%s)", split, result.metrics[split]["top1"],
-                         result.metrics[split]["f1_macro"], result.metrics[split]["files"]["json"])
+        calibrate_classifier(classifier)  # temperature scaling on val, stored in best.pt
+        splits = [split for split in ("val", "test") if split in result.splits]
+        for split in splits:
+            # The report covers the split `imgcls eval` defaults to: test when there is one.
+            report = result.run_dir / "report.html" if split == splits[-1] and run_config.train.report else False
+            result.metrics[split] = classifier.evaluate(None, split=split, report=report)
+            log.info("%s: top-1 %.4f  macro-F1 %.4f  (%s)", split, result.metrics[split]["top1"],
+                     result.metrics[split]["f1_macro"], result.metrics[split]["files"]["json"])
     return result
 
 

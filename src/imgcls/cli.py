@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="folder for eval.json and CSVs (default: <run>/eval-<split>)")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                    help="also write report.html beside eval.json (default: yes; not for .onnx files)")
 
     pr = sub.add_parser("predict", help="predict files and folders to CSV")
     pr.add_argument("checkpoint", help="checkpoint file, run folder or exported .onnx file")
@@ -66,6 +68,30 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--topk", type=int, default=3)
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--device", default="auto")
+
+    rp = sub.add_parser("report", help="self-contained HTML report of a run: metrics, curves, calibration, "
+                                       "hardest images with Grad-CAM, model size")
+    rp.add_argument("checkpoint", help="run folder or checkpoint file")
+    rp.add_argument("data", nargs="?", help="dataset (default: the run's own)")
+    rp.add_argument("--split", help="train | val | test | all (default: test if present, else val)")
+    rp.add_argument("--out", help="HTML file to write (default: <run>/report.html)")
+    rp.add_argument("--batch-size", type=int, default=64)
+    rp.add_argument("--device", default="auto")
+
+    xp = sub.add_parser("explain", help="Grad-CAM overlays (PNG) for the top-k classes of images")
+    xp.add_argument("checkpoint", help="checkpoint file or run folder")
+    xp.add_argument("paths", nargs="+", metavar="IMAGE", help="image files and/or folders (searched recursively)")
+    xp.add_argument("--topk", type=int, default=3, help="classes to explain per image")
+    xp.add_argument("--out", default="explanations", help="folder for the PNG files")
+    xp.add_argument("--size", type=int, default=320, help="side of the overlay images in pixels")
+    xp.add_argument("--device", default="auto")
+
+    rn = sub.add_parser("runs", help="leaderboard of the runs in a folder (table, CSV and Markdown)")
+    rn.add_argument("folder", nargs="?", default="runs", help="folder searched for runs (default: runs)")
+    rn.add_argument("--sort", default="val_top1", help="column key to sort by: name, model, lr, epochs, "
+                    "train_acc, val_top1, val_topk, val_f1_macro, params_m, mb, wall_s (default: val_top1)")
+    rn.add_argument("--reverse", action="store_true", help="reverse the order (default: best first)")
+    rn.add_argument("--out", help="path prefix of the CSV and Markdown files (default: FOLDER/leaderboard)")
 
     demo = sub.add_parser("demo", help="train, evaluate and predict on the bundled sample dataset")
     demo.add_argument("--out", default="runs", help="folder for the run and the extracted data")
@@ -155,11 +181,53 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from imgcls.evaluation.metrics import format_metrics_table
 
     classifier = load(args.checkpoint, device=args.device)
-    metrics = classifier.evaluate(args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size)
+    report = args.report and not str(args.checkpoint).lower().endswith(".onnx")
+    metrics = classifier.evaluate(args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
+                                  report=report)
     print(format_metrics_table(metrics))
     for item in metrics["skipped"]:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     print(f"\nwritten: {metrics['files']['json']} (and CSVs beside it)")
+    if "report" in metrics["files"]:
+        print(f"report:  {metrics['files']['report']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from imgcls.evaluation.report import report_run
+
+    metrics = report_run(args.checkpoint, args.data, split=args.split, out=args.out, device=args.device,
+                         batch_size=args.batch_size)
+    print(f"{metrics['split']}: top-1 {metrics['top1']:.4f}  top-{metrics['topk']} {metrics['topk_accuracy']:.4f}  "
+          f"macro-F1 {metrics['f1_macro']:.4f}  ECE {metrics['ece']:.4f}")
+    print(f"report: {metrics['files']['report']}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from imgcls.api import load
+    from imgcls.evaluation.explain import explain_files
+
+    rows = explain_files(load(args.checkpoint, device=args.device), args.paths, args.out, topk=args.topk,
+                         size=args.size)
+    for row in rows:
+        if row["error"]:
+            print(f"could not read {row['path']}: {row['error']}", file=sys.stderr)
+        else:
+            print(f"{row['path']}  top-{row['rank']} {row['label']} {row['probability']:.3f} -> {row['file']}")
+    return 0 if any(not row["error"] for row in rows) else 1
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from imgcls.evaluation.leaderboard import format_table, leaderboard, write_csv, write_markdown
+
+    rows = leaderboard(args.folder, sort=args.sort, reverse=args.reverse)
+    if not rows:
+        print(f"no runs found under {args.folder}", file=sys.stderr)
+        return 1
+    print(format_table(rows))
+    prefix = args.out or str(Path(args.folder) / "leaderboard")
+    print(f"\n{len(rows)} runs -> {write_csv(rows, prefix + '.csv')}, {write_markdown(rows, prefix + '.md')}")
     return 0
 
 
@@ -210,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     handler = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo,
-               "export": cmd_export, "serve": cmd_serve}[args.command]
+               "export": cmd_export, "serve": cmd_serve, "report": cmd_report, "explain": cmd_explain,
+               "runs": cmd_runs}[args.command]
     try:
         return handler(args)
     except USER_ERRORS as err:

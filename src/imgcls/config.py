@@ -70,6 +70,7 @@ class TrainConfig:
     grad_clip: float | None = _opt(None, "clip the gradient norm to this value")
     amp: bool = _opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
     topk: int = _opt(3, "k of the top-k accuracy")
+    report: bool = _opt(True, "write report.html after training (metrics, curves, calibration, Grad-CAM, size)")
     seed: int = _opt(0, "seed of weights init, data order and augmentation")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps")
     devices: int = _opt(1, "processes (GPUs) to train on; >1 launches torchrun with DDP")

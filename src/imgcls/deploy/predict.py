@@ -29,6 +29,7 @@ class Classifier:
         self.config = RunConfig.from_dict(checkpoint["config"])
         self.classes: list[str] = list(checkpoint["classes"])
         self.temperature = float(checkpoint.get("temperature", 1.0))
+        self.calibration: dict | None = checkpoint.get("calibration")  # how the temperature was fitted
         self.device = select_device(device)
         self.model, self.preprocessing = model_from_checkpoint(checkpoint)
         self.model.to(self.device)
@@ -79,9 +80,15 @@ class Classifier:
                 "topk": top, "error": ""}
 
     def evaluate(self, data: str | Path, split: str | None = None, out_dir: str | Path | None = None,
-                 batch_size: int = 64, workers: int | None = None) -> dict:
+                 batch_size: int = 64, workers: int | None = None, report: bool | str | Path = False) -> dict:
         """Full metrics on a split of ``data``; writes eval.json and CSVs to ``out_dir``
-        (default: ``eval-<split>/`` beside the checkpoint)."""
+        (default: ``eval-<split>/`` beside the checkpoint). ``report``: also write the HTML
+        report (True: ``report.html`` beside eval.json, or this path); a checkpoint with no
+        fitted temperature first gets one (fitted on the run's val split and stored)."""
+        if report and getattr(self, "calibration", None) is None:
+            from imgcls.evaluation.calibration import calibrate_classifier
+
+            calibrate_classifier(self, batch_size=batch_size, workers=workers)
         split, samples = load_split(data, self.config, split)
         metrics, predictions = evaluate_samples(
             self.model, self.classes, self.preprocessing, samples, self.device, batch_size=batch_size,
@@ -90,6 +97,11 @@ class Classifier:
         metrics["checkpoint"] = str(self.checkpoint_path)
         out = Path(out_dir) if out_dir else self.checkpoint_path.parent / f"eval-{split}"
         metrics["files"] = {k: str(v) for k, v in write_eval(metrics, predictions, samples, self.classes, out).items()}
+        if report:
+            from imgcls.evaluation.report import write_report
+
+            target = out / "report.html" if report is True else Path(report)
+            metrics["files"]["report"] = str(write_report(self, metrics, predictions, samples, target, data=data))
         return metrics
 
 

@@ -1,0 +1,198 @@
+"""``imgcls runs [DIR]``: one row per run folder, sortable, as a table, CSV and Markdown.
+
+A run is any folder below DIR holding a ``config.yaml`` and a ``metrics.csv`` or a
+checkpoint. Everything is read from files the run already wrote: ``config.yaml`` (model,
+learning rate, epochs), ``metrics.csv`` (train accuracy and wall time at the best epoch),
+``eval-val/eval.json`` (validation metrics of ``best.pt``; the best epoch's row of
+``metrics.csv`` stands in when there is none) and the checkpoint's weights (parameters, MB).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from imgcls.runtime import log
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    digits: int | None = None  # None: text, or an integer shown as is
+    higher_is_better: bool = True
+
+
+COLUMNS = [
+    Column("name", "run"),
+    Column("model", "model"),
+    Column("lr", "lr", digits=-1),  # -1: general format (1e-3 stays readable)
+    Column("epochs", "epochs"),
+    Column("train_acc", "train acc", 4),
+    Column("val_top1", "val top-1", 4),
+    Column("topk", "k"),
+    Column("val_topk", "val top-k", 4),
+    Column("val_f1_macro", "val macro-F1", 4),
+    Column("params_m", "params (M)", 2, higher_is_better=False),
+    Column("mb", "MB", 1, higher_is_better=False),
+    Column("wall_s", "wall time (s)", 0, higher_is_better=False),
+]
+KEYS = [c.key for c in COLUMNS]
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Run folders below ``root`` (``root`` itself included), sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    runs = []
+    for config in sorted(root.rglob("config.yaml")):
+        folder = config.parent
+        if (folder / "metrics.csv").is_file() or (folder / "best.pt").is_file() or (folder / "last.pt").is_file():
+            runs.append(folder)
+    return runs
+
+
+def _read_metrics_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _best_row(rows: list[dict[str, str]], monitor: str) -> dict[str, str]:
+    """The epoch ``best.pt`` holds: the best monitored value, earliest on ties (as the loop picks)."""
+    scored = [(value, i) for i, r in enumerate(rows) if (value := _number(r.get(monitor))) is not None]
+    if not scored:
+        return rows[-1] if rows else {}
+    sign = 1 if "loss" in monitor else -1
+    return rows[min(scored, key=lambda vi: (sign * vi[0], vi[1]))[1]]
+
+
+def _weights(run: Path) -> tuple[float | None, float | None]:
+    """(parameters in millions, MB of weights) of the run's checkpoint."""
+    path = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
+    if not path.is_file():
+        return None, None
+    try:  # mmap: only the tensors' headers are read, not hundreds of MB of optimiser state
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["model"]
+    except Exception as err:  # noqa: BLE001 - a damaged checkpoint must not hide the other runs
+        log.warning("%s: unreadable checkpoint (%s)", path, err.__class__.__name__)
+        return None, None
+    tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
+    params = sum(t.numel() for k, t in state.items() if isinstance(t, torch.Tensor)
+                 and not k.endswith(_BUFFER_SUFFIXES))
+    return params / 1e6, sum(t.numel() * t.element_size() for t in tensors) / 1e6
+
+
+def run_row(run: Path) -> dict[str, Any]:
+    """One leaderboard row; missing pieces (a run still training, no eval yet) stay None."""
+    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    train_cfg, model_cfg = config.get("train", {}) or {}, config.get("model", {}) or {}
+    rows = _read_metrics_csv(run / "metrics.csv")
+    best = _best_row(rows, train_cfg.get("monitor", "val_acc"))
+    k = int(train_cfg.get("topk", 3))
+    topk_column = next((c for c in best if c.startswith("val_top")), None)
+    row: dict[str, Any] = {
+        "name": run.name,
+        "model": model_cfg.get("name"),
+        "lr": _number(train_cfg.get("lr")),
+        "epochs": len(rows) or None,
+        "train_acc": _number(best.get("train_acc")),
+        "val_top1": _number(best.get("val_acc")),
+        "topk": int(topk_column[len("val_top"):]) if topk_column else k,
+        "val_topk": _number(best.get(topk_column)) if topk_column else None,
+        "val_f1_macro": None,
+        "wall_s": sum(_number(r.get("seconds")) or 0.0 for r in rows) or None,
+    }
+    eval_json = run / "eval-val" / "eval.json"
+    if eval_json.is_file():
+        metrics = json.loads(eval_json.read_text())
+        row.update(val_top1=metrics.get("top1"), topk=metrics.get("topk", row["topk"]),
+                   val_topk=metrics.get("topk_accuracy"), val_f1_macro=metrics.get("f1_macro"))
+    row["params_m"], row["mb"] = _weights(run)
+    return row
+
+
+def leaderboard(root: str | Path, sort: str = "val_top1", reverse: bool = False) -> list[dict[str, Any]]:
+    """Rows of every run under ``root``, best first by ``sort`` (``reverse`` flips it).
+
+    Scores sort best-first (highest accuracy, smallest size or time); names alphabetically.
+    Runs without a value in the sort column always go last.
+    """
+    column = next((c for c in COLUMNS if c.key == sort), None)
+    if column is None:
+        raise ValueError(f"--sort {sort!r}: choose one of {', '.join(KEYS)}")
+    rows = []
+    for run in find_runs(root):
+        try:
+            rows.append(run_row(run))
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            log.warning("%s: skipped (%s)", run, err)
+    descending = column.digits is not None and column.higher_is_better
+    if reverse:
+        descending = not descending
+    present = [r for r in rows if r.get(sort) is not None]
+    present.sort(key=lambda r: (r[sort], r["name"]) if column.digits is not None else (str(r[sort]), r["name"]),
+                 reverse=descending)
+    return present + [r for r in rows if r.get(sort) is None]
+
+
+def _cell(row: dict, column: Column) -> str:
+    value = row.get(column.key)
+    if value is None:
+        return "-"
+    if column.digits == -1:
+        return f"{value:g}"
+    if column.digits is not None:
+        return f"{value:.{column.digits}f}"
+    return str(value)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Aligned plain-text table (numbers right-aligned)."""
+    cells = [[_cell(r, c) for c in COLUMNS] for r in rows]
+    widths = [max([len(c.title)] + [len(line[i]) for line in cells]) for i, c in enumerate(COLUMNS)]
+
+    def fmt(values: list[str]) -> str:
+        return "  ".join(v.ljust(w) if c.digits is None and c.key in ("name", "model") else v.rjust(w)
+                         for v, w, c in zip(values, widths, COLUMNS))
+
+    lines = [fmt([c.title for c in COLUMNS]), "  ".join("-" * w for w in widths)]
+    return "\n".join(lines + [fmt(line) for line in cells])
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=KEYS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: ("" if r.get(k) is None else r[k]) for k in KEYS} for r in rows)
+    return path
+
+
+def write_markdown(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    align = ["---" if c.key in ("name", "model") else "---:" for c in COLUMNS]
+    lines = ["| " + " | ".join(c.title for c in COLUMNS) + " |", "| " + " | ".join(align) + " |"]
+    for row in rows:
+        cells = [_cell(row, c).replace("|", "\\|") for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+    return path

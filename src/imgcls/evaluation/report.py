@@ -1,0 +1,369 @@
+"""``imgcls report RUN``: one self-contained HTML page that lets a person read and trust a run.
+
+Written at the end of every ``train`` (``<run>/report.html``) and ``eval``
+(``<eval folder>/report.html``). Everything is inline (CSS, a few lines of JS for sorting,
+figures and images as data URIs), so the file can be mailed, archived or opened offline.
+The page is rendered by a Jinja2 template (``templates/report.html.j2``); this module
+gathers what it shows.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import numpy as np
+import torch
+import yaml
+
+from imgcls.data.images import ImageDecodeError, load_rgb
+from imgcls.data.sources import DatasetError, Sample, discover
+from imgcls.evaluation import figures
+from imgcls.evaluation.calibration import calibration_summary, raw_logits
+from imgcls.evaluation.explain import GradCamExplainer, display_crop, overlay
+from imgcls.evaluation.inference import Predictions
+from imgcls.evaluation.model_size import hardware_summary, model_size
+from imgcls.runtime import log
+
+if TYPE_CHECKING:
+    from imgcls.deploy.predict import Classifier
+
+TEMPLATES = Path(__file__).parent / "templates"
+GALLERY_SIZE = 16
+LATENCY_BUDGET_S = 2.0  # seconds of timed forward passes for the latency row
+CONFUSED_PAIRS = 6
+EXAMPLES_PER_PAIR = 5
+
+
+def report_run(path: str | Path, data: str | Path | None = None, split: str | None = None,
+               out: str | Path | None = None, device: str = "auto", batch_size: int = 64,
+               workers: int | None = None) -> dict:
+    """``imgcls report``: evaluate ``split`` (fitting the temperature on val first when the
+    checkpoint has none) and write the report; returns the metrics (``files["report"]``)."""
+    from imgcls.deploy.predict import Classifier
+
+    classifier = Classifier.load(path, device)
+    target = Path(out) if out else classifier.checkpoint_path.parent / "report.html"
+    return classifier.evaluate(data, split=split, batch_size=batch_size, workers=workers, report=target)
+
+
+def write_report(classifier: "Classifier", metrics: dict, predictions: Predictions, samples: list[Sample],
+                 out_path: str | Path, data: str | Path | None = None, gallery_size: int = GALLERY_SIZE,
+                 latency_budget_s: float | None = None) -> Path:
+    """Render the report of one evaluated split (what ``Classifier.evaluate`` computed);
+    ``data`` is the dataset that was evaluated when it is not the run's own."""
+    started = time.perf_counter()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = torch.load(classifier.checkpoint_path, map_location="cpu", weights_only=False, mmap=True)
+    checkpoint["path"] = str(classifier.checkpoint_path)
+    history = _history(classifier.checkpoint_path.parent, checkpoint)
+    context = {
+        "title": _run_name(classifier),
+        "metrics": metrics,
+        "headline": _headline(metrics, classifier),
+        "summary": _summary(classifier, metrics, checkpoint, history, data),
+        "config_yaml": yaml.safe_dump(checkpoint["config"], sort_keys=False),
+        "curves": figures.training_curves(history, _best_epoch(checkpoint)),
+        "metric_rows": _metric_rows(metrics),
+        "per_class": _per_class_rows(metrics, _split_counts(classifier)),
+        "best_worst": _best_worst(metrics),
+        "confusion": figures.confusion_figures(np.array(metrics["confusion_matrix"]), classifier.classes),
+        "pairs": _confused_pairs(classifier, metrics, predictions, samples),
+        "calibration": _calibration(classifier, metrics, predictions, own_val=metrics["split"] == "val"
+                                    and data is None),
+        "gallery": _gallery(classifier, predictions, samples, gallery_size),
+        "size": _size_rows(classifier, checkpoint, LATENCY_BUDGET_S if latency_budget_s is None else latency_budget_s),
+        "skipped": metrics.get("skipped", []),
+    }
+    context["generated"] = {"at": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+                            "seconds": time.perf_counter() - started}
+    out_path.write_text(render(context), encoding="utf-8")
+    log.info("report: %s", out_path)
+    return out_path
+
+
+def render(context: dict) -> str:
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                                     autoescape=jinja2.select_autoescape(["html", "j2"]),
+                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    environment.filters["pct"] = lambda v, d=1: "n/a" if v is None else f"{100 * v:.{d}f}%"
+    environment.filters["num"] = lambda v, d=4: "n/a" if v is None else f"{v:.{d}f}"
+    return environment.get_template("report.html.j2").render(**context)
+
+
+# --------------------------------------------------------------------------
+# Run summary
+# --------------------------------------------------------------------------
+
+
+def _run_name(classifier: "Classifier") -> str:
+    return classifier.config.name or classifier.checkpoint_path.parent.name
+
+
+def _history(run_dir: Path, checkpoint: dict) -> list[dict]:
+    """Per-epoch rows: ``metrics.csv`` (what the user sees) or the checkpoint's copy."""
+    path = run_dir / "metrics.csv"
+    if path.is_file():
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows:
+            return rows
+    return list(checkpoint.get("history") or [])
+
+
+def _best_epoch(checkpoint: dict) -> int | None:
+    return (checkpoint.get("monitor") or {}).get("best_epoch") or checkpoint.get("epoch")
+
+
+def _headline(metrics: dict, classifier: "Classifier") -> list[dict[str, str]]:
+    ece = metrics["ece"]
+    return [
+        {"label": "top-1 accuracy", "value": f"{100 * metrics['top1']:.1f}%"},
+        {"label": f"top-{metrics['topk']} accuracy", "value": f"{100 * metrics['topk_accuracy']:.1f}%"},
+        {"label": "macro F1", "value": f"{metrics['f1_macro']:.3f}"},
+        {"label": "calibration error (ECE)", "value": f"{100 * ece:.1f}%"},
+        {"label": f"{metrics['split']} images", "value": f"{metrics['n']:,}"},
+        {"label": "classes", "value": str(len(classifier.classes))},
+    ]
+
+
+def _split_counts(classifier: "Classifier") -> dict[str, dict[str, int]] | None:
+    d = classifier.config.data
+    try:
+        splits = discover(d.path, d.train_dirs, d.val_dir, d.val_fraction, d.split_seed)
+    except (DatasetError, OSError) as err:
+        log.warning("report: the run's dataset is not readable any more (%s); counts left out", err)
+        return None
+    return {name: splits.counts(name) for name in splits.splits}
+
+
+def _wall_time(history: list[dict]) -> float | None:
+    seconds = []
+    for row in history:
+        try:
+            seconds.append(float(row.get("seconds", "nan")))
+        except (TypeError, ValueError):
+            pass
+    return float(np.nansum(seconds)) if seconds else None
+
+
+def _summary(classifier: "Classifier", metrics: dict, checkpoint: dict, history: list[dict],
+             data: str | Path | None) -> dict[str, Any]:
+    config = classifier.config
+    counts = _split_counts(classifier)
+    monitor = checkpoint.get("monitor") or {}
+    wall = _wall_time(history)
+    classes = classifier.classes
+    shown = ", ".join(classes[:30]) + (f", … ({len(classes) - 30} more)" if len(classes) > 30 else "")
+    rows = [
+        ("evaluated", f"{metrics['split']} split of {data or config.data.path or 'the run data'}"),
+        ("classes", f"{len(classes)}: {shown}"),
+        ("images per split", ", ".join(f"{name} {sum(c.values()):,}" for name, c in counts.items())
+         if counts else "dataset not readable any more"),
+        ("model", f"{config.model.name} ({'pretrained' if config.model.pretrained else 'from scratch'}), "
+                  f"head {config.model.head}, input {classifier.preprocessing.image_size} px"),
+        ("training", f"{len(history)} of {config.train.epochs} epochs ({config.train.head_epochs} head-only), "
+                     f"{config.train.optimizer} lr {config.train.lr:g}, batch {config.data.batch_size}, "
+                     f"freeze {config.model.freeze}"),
+        ("best checkpoint", f"epoch {monitor.get('best_epoch', checkpoint.get('epoch'))}, "
+                            f"{monitor.get('metric', config.train.monitor)} = "
+                            f"{_fmt(monitor.get('best'))}"),
+        ("training wall time", _duration(wall) + " (sum of epochs)" if wall is not None else "n/a"),
+        ("checkpoint", str(classifier.checkpoint_path)),
+    ]
+    hardware = hardware_summary(classifier.device)
+    rows.append(("hardware (this report)", f"{hardware['accelerator']}; {hardware['cpu']}, "
+                                           f"{hardware['cpu_cores']} cores; torch {hardware['torch']}, "
+                                           f"Python {hardware['python']}"))
+    return {"rows": rows, "counts": counts}
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else (f"{minutes}m {secs:02d}s" if minutes else f"{secs}s")
+
+
+# --------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------
+
+
+def _metric_rows(m: dict) -> list[tuple[str, str, str]]:
+    def f(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    return [
+        ("top-1 accuracy", f(m["top1"]), "share of images whose most probable class is right"),
+        (f"top-{m['topk']} accuracy", f(m["topk_accuracy"]), f"true class among the {m['topk']} most probable"),
+        ("precision macro / weighted", f"{f(m['precision_macro'])} / {f(m['precision_weighted'])}",
+         "macro: mean over classes; weighted: by class support"),
+        ("recall macro / weighted", f"{f(m['recall_macro'])} / {f(m['recall_weighted'])}", ""),
+        ("F1 macro / weighted", f"{f(m['f1_macro'])} / {f(m['f1_weighted'])}", ""),
+        ("log loss", f(m["log_loss"]), "mean −log p(true class); lower is better"),
+        ("ROC AUC (one-vs-rest, macro)", f(m["roc_auc_ovr"]), "ranking quality per class; 0.5 = chance"),
+        ("MCC", f(m["mcc"]), "Matthews correlation; 1 perfect, 0 chance"),
+        ("ECE (15 bins)", f(m["ece"]), "expected calibration error of the top-1 probability"),
+        ("images", str(m["n"]), f"{len(m.get('skipped', []))} unreadable file(s) skipped"),
+    ]
+
+
+def _per_class_rows(metrics: dict, counts: dict | None) -> list[dict[str, Any]]:
+    cm = np.array(metrics["confusion_matrix"])
+    names = [r["class"] for r in metrics["per_class"]]
+    rows = []
+    for i, row in enumerate(metrics["per_class"]):
+        errors = cm[i].copy()
+        errors[i] = 0
+        worst = int(errors.argmax())
+        confused = f"{names[worst]} ({errors[worst]})" if errors[worst] > 0 else ""
+        rows.append({**row, "train": (counts or {}).get("train", {}).get(row["class"]), "confused": confused})
+    return rows
+
+
+def _best_worst(metrics: dict) -> dict[str, list[dict]]:
+    by_name = {r["class"]: r for r in metrics["per_class"]}
+    limit = max(1, min(5, len(by_name) // 2))  # with 2 classes: one best, one worst
+    return {"best": [by_name[c] for c in metrics["best_classes"][:limit]],
+            "worst": [by_name[c] for c in metrics["worst_classes"][:limit]]}
+
+
+# --------------------------------------------------------------------------
+# Images: confused pairs and the gallery
+# --------------------------------------------------------------------------
+
+
+def _thumbnail(path: Path, classifier: "Classifier", size: int):
+    try:
+        return display_crop(load_rgb(path), classifier.preprocessing, size)
+    except (ImageDecodeError, OSError):
+        return None  # deleted or damaged since it was evaluated: leave it out
+
+
+def _confused_pairs(classifier: "Classifier", metrics: dict, predictions: Predictions,
+                    samples: list[Sample]) -> list[dict[str, Any]]:
+    index = {name: i for i, name in enumerate(classifier.classes)}
+    predicted = predictions.probs.argmax(axis=1)
+    pairs = []
+    for pair in metrics["most_confused"][:CONFUSED_PAIRS]:
+        t, p = index[pair["true"]], index[pair["pred"]]
+        rows = np.flatnonzero((predictions.targets == t) & (predicted == p))
+        rows = rows[np.argsort(-predictions.probs[rows, p], kind="stable")][:EXAMPLES_PER_PAIR]
+        examples = []
+        for r in rows:
+            image = _thumbnail(samples[predictions.indices[r]].path, classifier, 112)
+            if image is not None:
+                examples.append({"uri": figures.image_uri(image), "prob": float(predictions.probs[r, p]),
+                                 "name": samples[predictions.indices[r]].path.name})
+        pairs.append({**pair, "examples": examples})
+    return pairs
+
+
+def _gallery(classifier: "Classifier", predictions: Predictions, samples: list[Sample], size: int) -> dict:
+    """The highest-loss images (every misclassified one comes first when they are few),
+    each with a Grad-CAM overlay for the predicted class."""
+    rows_all = np.arange(len(predictions.targets))
+    p_true = predictions.probs[rows_all, predictions.targets]
+    loss = -np.log(np.maximum(p_true, 1e-12))
+    predicted = predictions.probs.argmax(axis=1)
+    order = np.argsort(-loss, kind="stable")[:size]
+    images, chosen = [], []
+    for r in order:
+        image = _thumbnail(samples[predictions.indices[r]].path, classifier, 160)
+        if image is not None:
+            images.append(image)
+            chosen.append(int(r))
+    cards = []
+    if chosen:
+        try:
+            explainer = GradCamExplainer(classifier.model, classifier.preprocessing, classifier.device)
+            maps = explainer.heatmaps(images, [int(predicted[r]) for r in chosen])
+        except Exception as err:  # noqa: BLE001 - an exotic architecture must not cost the whole report
+            log.warning("report: Grad-CAM unavailable for this model (%s)", err)
+            maps = [None] * len(chosen)
+        for r, image, heatmap in zip(chosen, images, maps):
+            sample = samples[predictions.indices[r]]
+            cards.append({
+                "image": figures.image_uri(image),
+                "cam": figures.image_uri(overlay(image, heatmap)) if heatmap is not None else None,
+                "name": sample.path.name,
+                "path": str(sample.path),
+                "true": classifier.classes[predictions.targets[r]],
+                "pred": classifier.classes[predicted[r]],
+                "p_pred": float(predictions.probs[r, predicted[r]]),
+                "p_true": float(p_true[r]),
+                "loss": float(loss[r]),
+                "correct": bool(predicted[r] == predictions.targets[r]),
+            })
+    return {"cards": cards, "misclassified": int((predicted != predictions.targets).sum()),
+            "n": int(len(predictions.targets))}
+
+
+# --------------------------------------------------------------------------
+# Calibration and size
+# --------------------------------------------------------------------------
+
+
+def _calibration(classifier: "Classifier", metrics: dict, predictions: Predictions, own_val: bool) -> dict[str, Any]:
+    """Before/after temperature scaling on the fitting split (the run's val) and on this split
+    (``own_val``: this split is that fitting set, so its "after" is optimistic)."""
+    temperature = classifier.temperature
+    split = calibration_summary(raw_logits(predictions, temperature), predictions.targets, temperature)
+    fitted = getattr(classifier, "calibration", None)
+    rows = []
+    if fitted and not own_val:
+        rows.append({"split": "val (fitting set)", **_calibration_row(fitted)})
+    rows.append({"split": metrics["split"] + (" (fitting set)" if fitted and own_val else ""),
+                 **_calibration_row(split)})
+    return {
+        "temperature": temperature,
+        "fitted": bool(fitted),
+        "rows": rows,
+        "diagrams": [figures.reliability_diagram(split["bins_before"], "before (T = 1)"),
+                     figures.reliability_diagram(split["bins_after"], f"after (T = {temperature:.2f})")],
+    }
+
+
+def _calibration_row(summary: dict) -> dict[str, Any]:
+    return {key: summary[key] for key in ("n", "nll_before", "nll_after", "ece_before", "ece_after")}
+
+
+def _best_phase(checkpoint: dict) -> str | None:
+    """Training phase ("head" or "finetune") of the epoch this checkpoint was saved at."""
+    epoch = checkpoint.get("epoch")
+    return next((row.get("phase") for row in checkpoint.get("history") or [] if row.get("epoch") == epoch), None)
+
+
+def _size_rows(classifier: "Classifier", checkpoint: dict, latency_budget_s: float) -> list[tuple[str, str]]:
+    config = classifier.config
+    # Trainable as at the saved epoch: the head alone during the head-only phase, else --freeze.
+    freeze = "backbone" if _best_phase(checkpoint) == "head" else config.model.freeze
+    size = model_size(classifier.model, checkpoint, classifier.preprocessing.image_size, freeze, latency_budget_s)
+    params, opt, lat = size["parameters"], size["optimizer_state"], size["latency"]
+    count = figures.nice_count
+    rows = [
+        ("parameters", f"{count(params['total'])} ({params['total']:,})"),
+        ("trainable / frozen", f"{count(params['trainable'])} / {count(params['frozen'])} (freeze: {freeze})"),
+        ("optimiser state", f"{count(opt['numel'])} numbers, {opt['mb']:.1f} MB ({config.train.optimizer})"),
+        ("weights on disk", f"{size['weights_mb']:.1f} MB (float32 weights and buffers)"),
+        ("checkpoint file", f"{size['checkpoint_mb']:.1f} MB (weights, optimiser, RNG, config)"
+         if size["checkpoint_mb"] is not None else "n/a"),
+        ("FLOPs per image", f"{count(size['flops_per_image'])}FLOPs at {size['image_size']} px "
+                            "(a multiply-add counts 2)"),
+    ]
+    if lat:
+        rows += [
+            ("latency, 1 image", f"{lat['batch1_ms_median']:.1f} ms median, {lat['batch1_ms_p90']:.1f} ms p90 "
+                                 f"({lat['runs']} runs on {lat['device']}, {lat['threads']} threads)"),
+            ("throughput", f"{lat['throughput_images_s']:.0f} images/s at batch {lat['throughput_batch']}"),
+        ]
+    return rows
