@@ -269,3 +269,28 @@ def test_the_app_batches_concurrent_requests(model):
     responses, health = asyncio.run(go())
     assert [r.json()["predictions"][0]["label"] for r in responses] == list(COLOURS) * 4
     assert health["images"] == 12 and health["batches"] < 12
+
+
+# --- Grad-CAM ------------------------------------------------------------------------------
+
+def test_explain_returns_a_grad_cam_overlay(client, exported):
+    pytest.importorskip("imgcls.evaluation.explain")
+    assert client.get("/model").json()["explain"] is True
+    red = _encoded(COLOURS["red"])
+    response = client.post("/explain", files=[("file", ("red.png", red, "image/png"))])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["label"] == "red" and 0 < body["probability"] <= 1
+    header, _, data = body["overlay"].partition(",")
+    assert header == "data:image/png;base64"
+    assert Image.open(io.BytesIO(base64.b64decode(data))).size == (320, 320)
+    other = client.post("/explain?label=blue", content=red, headers={"content-type": "image/png"}).json()
+    assert other["label"] == "blue" and other["probability"] < body["probability"]
+    bad_label = client.post("/explain?label=purple", content=red, headers={"content-type": "image/png"})
+    assert bad_label.status_code == 422 and "purple" in bad_label.json()["error"]
+    two = client.post("/explain", files=[("f", ("a.png", red, "image/png")), ("f", ("b.png", red, "image/png"))])
+    assert two.status_code == 413
+    with TestClient(create_app(imgcls.load(exported.path, device="cpu"))) as onnx_client:
+        assert onnx_client.get("/model").json()["explain"] is False
+        response = onnx_client.post("/explain", content=red, headers={"content-type": "image/png"})
+        assert response.status_code == 404 and "PyTorch checkpoint" in response.json()["error"]

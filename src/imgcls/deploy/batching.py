@@ -76,6 +76,11 @@ class Batcher:
             self._queue.put_nowait((image, future))
         return np.stack(await asyncio.gather(*futures))
 
+    async def run_exclusive(self, fn, *args):
+        """Run ``fn(*args)`` on the model thread, between batches (e.g. Grad-CAM, whose hooks
+        on the model must not see another request's forward pass)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def _collect(self) -> list[tuple[torch.Tensor, asyncio.Future]]:
         batch = [await self._queue.get()]
         loop = asyncio.get_running_loop()

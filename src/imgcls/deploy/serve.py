@@ -15,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import io
 import ipaddress
 import json
 import os
@@ -93,6 +94,12 @@ class PredictResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: str
+
+
+class ExplainResponse(BaseModel):
+    label: str
+    probability: float
+    overlay: str  # data:image/png;base64 URL of the Grad-CAM heatmap on the model's centre crop
 
 
 _ERRORS = {code: {"model": ErrorResponse} for code in (401, 413, 415, 422)}
@@ -238,6 +245,33 @@ def model_info(model, version: str) -> dict:
     }
 
 
+def _grad_cam_for(model):
+    """A Grad-CAM explainer for a PyTorch model, or None (ONNX graphs have no gradients;
+    the explain module may be absent in a trimmed install)."""
+    from imgcls.deploy.onnx_model import OnnxClassifier
+
+    if isinstance(model, OnnxClassifier):
+        return None
+    try:
+        from imgcls.evaluation.explain import GradCamExplainer, display_crop, overlay
+        explainer = GradCamExplainer(model.model, model.preprocessing, model.device)
+    except Exception as err:  # noqa: BLE001 - serving works without explanations
+        log.warning("Grad-CAM disabled: %s", err)
+        return None
+
+    def explain(image, label: str | None) -> dict:
+        probs = model.probabilities(model.transform(image)[None])[0]
+        index = model.classes.index(label) if label is not None else int(np.argmax(probs))
+        heatmap = explainer.heatmaps([image], [index])[0]
+        picture = overlay(display_crop(image, model.preprocessing, 320), heatmap)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        return {"label": model.classes[index], "probability": float(probs[index]),
+                "overlay": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}
+
+    return explain
+
+
 def create_app(model, *, api_key: str | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
                max_body_mb: float = 20.0, max_images: int = 32, max_pixels: int = 40_000_000,
                topk: int = 5) -> FastAPI:
@@ -245,6 +279,8 @@ def create_app(model, *, api_key: str | None = None, max_batch: int = 32, max_wa
     :class:`~imgcls.deploy.onnx_model.OnnxClassifier`)."""
     batcher = Batcher(model.probabilities, max_batch=max_batch, max_wait_ms=max_wait_ms)
     info = model_info(model, file_version(Path(model.checkpoint_path)))
+    grad_cam = _grad_cam_for(model)
+    info["explain"] = grad_cam is not None
     threshold = info["unknown_threshold"]
     started = time.time()
 
@@ -263,8 +299,7 @@ def create_app(model, *, api_key: str | None = None, max_batch: int = 32, max_wa
     def prepare(items: list[tuple[str | None, bytes]]) -> list[torch.Tensor]:
         tensors = []
         for i, (name, data) in enumerate(items):
-            label = f"'{name}'" if name and not name.startswith("images[") else (name or f"image {i}")
-            image = decode_upload(data, label, max_pixels, draft_size=model.preprocessing.resize_size)
+            image = decode_upload(data, _shown(name, i), max_pixels, draft_size=model.preprocessing.resize_size)
             tensors.append(model.transform(image))
         return tensors
 
@@ -295,7 +330,29 @@ def create_app(model, *, api_key: str | None = None, max_batch: int = 32, max_wa
                 "predictions": [_prediction(i, name, row, model.classes, k, threshold)
                                 for i, ((name, _), row) in enumerate(zip(items, probs))]}
 
+    @app.post("/explain", response_model=ExplainResponse, dependencies=[Depends(check_key)],
+              summary="Grad-CAM overlay for one image (PyTorch checkpoints only)",
+              responses={**_ERRORS, 404: _ERRORS[401]}, openapi_extra={"requestBody": _REQUEST_BODY})
+    async def explain(request: Request,
+                      label: str | None = Query(None, description="class to explain (default: the top-1)")) -> dict:
+        if grad_cam is None:
+            raise ApiError(404, "explanations need a PyTorch checkpoint (this server runs an ONNX model)")
+        if label is not None and label not in model.classes:
+            raise ApiError(422, f"label {label!r} is not one of the model's classes")
+        items = await _read_images(request, 1)
+        name, data = items[0]
+        image = await run_in_threadpool(decode_upload, data, _shown(name, 0), max_pixels,
+                                        model.preprocessing.resize_size)
+        return await batcher.run_exclusive(grad_cam, image, label)
+
     return app
+
+
+def _shown(name: str | None, index: int) -> str:
+    """How an image is named in error messages: its file name, its JSON position, or its index."""
+    if not name:
+        return f"image {index}"
+    return name if name.startswith("images[") else f"'{name}'"
 
 
 def _prediction(index: int, name: str | None, probs: np.ndarray, classes: list[str], k: int,
