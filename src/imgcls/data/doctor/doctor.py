@@ -1,0 +1,98 @@
+"""``run_doctor``: scan a dataset, run every check asked for, and collect the findings."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from imgcls.data.doctor.checks import BLOCKING, PROBLEMS
+from imgcls.data.doctor.groups import Finding, class_balance, dataset_checks
+from imgcls.data.doctor.scan import FileRecord, find_files, scan_files
+from imgcls.runtime import log
+
+
+@dataclass
+class DoctorOptions:
+    full: bool = False  # decode every image at full size, exactly as training does
+    deep: bool = False  # leakage by backbone-embedding cosine too
+    label_check: bool = False  # likely label errors from a cross-validated linear probe
+    min_size: int = 32  # images with a shorter side are "tiny"
+    near_distance: int = 4  # dHash bits two images may differ in and still be near-duplicates
+    deep_threshold: float = 0.95  # embedding cosine from which two images are near-duplicates
+    imbalance_ratio: float = 3.0  # largest/smallest train class from which imbalance is reported
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    feature_size: int | None = None  # backbone input size (default: the backbone's own)
+    batch_size: int = 64
+    folds: int = 5
+    workers: int | None = None  # processes for scanning and for feature loading
+    device: str = "auto"
+
+
+@dataclass
+class DoctorReport:
+    root: Path
+    layout: str
+    options: DoctorOptions
+    records: list[FileRecord]
+    findings: list[Finding]
+    balance: dict
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> list[FileRecord]:
+        return [r for r in self.records if r.problems]
+
+    @property
+    def blocking(self) -> list[FileRecord]:
+        return [r for r in self.records if r.problems.keys() & BLOCKING]
+
+    def counts(self) -> dict[str, int]:
+        """Files per problem code, in the order of :data:`PROBLEMS` (imbalance counts classes)."""
+        found = {code: sum(code in r.problems for r in self.records) for code in PROBLEMS}
+        found["imbalance"] = len(self.balance["minority"])  # classes, not files
+        return {code: n for code, n in found.items() if n}
+
+    def options_dict(self) -> dict:
+        return asdict(self.options)
+
+
+def run_doctor(data: str | Path, options: DoctorOptions | None = None) -> DoctorReport:
+    """Check the dataset at ``data`` (a folder or CSV manifest); nothing is changed on disk."""
+    options = options or DoctorOptions()
+    files = find_files(data)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    records = scan_files(files.records, full=options.full, min_size=options.min_size, workers=options.workers)
+    seconds["scan"] = time.perf_counter() - started
+    started = time.perf_counter()
+    findings = dataset_checks(records, options.near_distance)
+    balance = class_balance(records, options.imbalance_ratio)
+    seconds["cross-file checks"] = time.perf_counter() - started
+    if options.deep or options.label_check:
+        findings += _feature_checks(records, findings, options, seconds)
+    return DoctorReport(files.root, files.layout, options, records, findings, balance, seconds)
+
+
+def _feature_checks(records: list[FileRecord], findings: list[Finding], options: DoctorOptions,
+                    seconds: dict[str, float]) -> list[Finding]:
+    from imgcls.data.doctor.deep import embed, embedding_leaks, label_errors
+
+    started = time.perf_counter()
+    # Files that training would skip anyway get no features.
+    usable = [r for r in records if r.decodes and not r.problems.keys() & {"unreadable", "truncated"}]
+    features = embed(usable, options.backbone, options.pretrained, options.feature_size, options.batch_size,
+                     options.workers, options.device)
+    seconds["features"] = time.perf_counter() - started
+    log.info("doctor: %d images embedded with %s in %.1fs", len(features.records), options.backbone,
+             seconds["features"])
+    new: list[Finding] = []
+    if options.deep:
+        known = {(f.files[1], f.files[0]) for f in findings if f.code == "leak"}
+        new += embedding_leaks(features, options.deep_threshold, known)
+    if options.label_check:
+        started = time.perf_counter()
+        new += label_errors(features, options.folds)
+        seconds["label check"] = time.perf_counter() - started
+    return new
