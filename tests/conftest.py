@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -48,6 +49,11 @@ def split_dataset(tmp_path) -> Path:
     return root
 
 
+# Tiny test models gain nothing from intra-op threads, and spinning OpenMP threads make
+# them many times slower whenever another process shares the two cores.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
@@ -60,3 +66,9 @@ def shared_dataset(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not available")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch, tmp_path):
+    """Disk pixel caches go to the test's own folder, never the user's ~/.cache."""
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path / "imgcls-cache"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from imgcls.config import RunConfig
 from imgcls.deploy.predict import Classifier
+from imgcls.evaluation import openset
 from imgcls.evaluation.calibration import calibrate_classifier
 from imgcls.runtime import log
 from imgcls.training.loop import TrainResult
@@ -33,10 +34,14 @@ def train(data: str | Path | None = None, *, config: RunConfig | str | Path | No
         run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
         config = run_dir / "config.yaml"
     run_config = make_config(data, config, **options)
+    openset.check_config(run_config)
     result = _train_loop(run_config, resume=resume)
+    if not evaluate and int(os.environ.get("RANK", "0")) == 0 and run_config.train.unknown_threshold is not None:
+        openset.fit_unknown_threshold(Classifier.load(result.best_checkpoint), run_config)
     if evaluate and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 evaluates alone
         classifier = Classifier.load(result.best_checkpoint)
         calibrate_classifier(classifier)  # temperature scaling on val, stored in best.pt
+        openset.fit_unknown_threshold(classifier, run_config)  # --unknown-threshold: after T, on the same scores
         splits = [split for split in ("val", "test") if split in result.splits]
         for split in splits:
             # The report covers the split `imgcls eval` defaults to: test when there is one.

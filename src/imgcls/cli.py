@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                     help="also write report.html beside eval.json (default: yes; not for .onnx files)")
+    ev.add_argument("--unknown", metavar="DIR", help="out-of-distribution images for open-set AUROC / FPR@95%%TPR "
+                    "(default: the split's unknown/ folder, e.g. DATA/test/unknown/)")
 
     pr = sub.add_parser("predict", help="predict files and folders to CSV")
     pr.add_argument("checkpoint", help="checkpoint file, run folder or exported .onnx file")
@@ -68,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--topk", type=int, default=3)
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--unknown-threshold", metavar="VALUE", help="override the checkpoint's open-set threshold "
+                    "(a score value, or 'none' to turn rejection off)")
+    pr.add_argument("--unknown-score", choices=["msp", "energy"], help="score the threshold applies to "
+                    "(default: the checkpoint's, else msp)")
+
+    dt = sub.add_parser("data", help="prepare public datasets as class folders")
+    dt_sub = dt.add_subparsers(dest="dataset", required=True)
+    c100 = dt_sub.add_parser("cifar100", help="CIFAR-100 python archive -> DIR/{train,test}/<fine>/*.png + "
+                             "hierarchy.csv (fine,coarse)")
+    c100.add_argument("--to", required=True, metavar="DIR", help="folder to write (train/, test/, hierarchy.csv)")
+    c100.add_argument("--archive", metavar="PATH", help="local cifar-100-python.tar.gz (default: DIR/ if there, "
+                      "else downloaded from the official URL)")
 
     rp = sub.add_parser("report", help="self-contained HTML report of a run: metrics, curves, calibration, "
                                        "hardest images with Grad-CAM, model size")
@@ -92,6 +106,35 @@ def build_parser() -> argparse.ArgumentParser:
                     "train_acc, val_top1, val_topk, val_f1_macro, params_m, mb, wall_s (default: val_top1)")
     rn.add_argument("--reverse", action="store_true", help="reverse the order (default: best first)")
     rn.add_argument("--out", help="path prefix of the CSV and Markdown files (default: FOLDER/leaderboard)")
+
+    dr = sub.add_parser("doctor", help="check a dataset before training: broken files, duplicates, leakage, "
+                                       "balance, label errors; --fix moves blocking files to a quarantine")
+    dr.add_argument("data", help="dataset folder (class folders, or train/ val/ test/) or CSV manifest")
+    dr.add_argument("--out", help="folder for overview.csv, doctor.json, doctor.html (default: doctor-<dataset>)")
+    dr.add_argument("--fix", action="store_true", help="move files with blocking problems to <dataset>.quarantine/")
+    dr.add_argument("--restore", action="store_true", help="move every quarantined file back, then stop")
+    dr.add_argument("--full", action="store_true", help="also decode every image at full size, as training does")
+    dr.add_argument("--deep", action="store_true", help="also find near-duplicates by backbone-embedding cosine")
+    dr.add_argument("--label-check", action="store_true", help="flag likely label errors (cross-validated probe)")
+    dr.add_argument("--min-size", type=int, default=32, help="shorter side below which an image is tiny")
+    dr.add_argument("--near-distance", type=int, default=4, help="dHash bits near-duplicates may differ in")
+    dr.add_argument("--deep-threshold", type=float, default=0.95, help="embedding cosine of near-duplicates")
+    dr.add_argument("--imbalance-ratio", type=float, default=3.0, help="largest/smallest class to report")
+    dr.add_argument("--backbone", default="efficientnet_lite0", help="timm model for --deep / --label-check")
+    dr.add_argument("--feature-size", type=int, help="backbone input size (default: the backbone's own)")
+    dr.add_argument("--workers", type=int, help="processes for scanning and loading (default: all cores)")
+    dr.add_argument("--device", default="auto")
+
+    ap = sub.add_parser("augment-preview", help="grid image of augmented training samples: see what a preset does")
+    ap.add_argument("data", help="dataset folder (class folders, or train/ val/ test/) or CSV manifest")
+    ap.add_argument("--preset", help="augmentation preset (default: the recipe's, else 'default')")
+    ap.add_argument("--recipe", help="take preset, image size and random erasing from this recipe")
+    ap.add_argument("--out", default="augment-preview.png", help="PNG file to write")
+    ap.add_argument("--n", type=int, default=16, help="augmented views in the grid")
+    ap.add_argument("--per-image", type=int, default=4, help="augmented views per image (one row each)")
+    ap.add_argument("--image-size", type=int, help="augmented image size (default: the recipe's, else 224)")
+    ap.add_argument("--random-erasing", type=float, help="random erasing probability (default: the recipe's, else 0)")
+    ap.add_argument("--seed", type=int, default=0)
 
     demo = sub.add_parser("demo", help="train, evaluate and predict on the bundled sample dataset")
     demo.add_argument("--out", default="runs", help="folder for the run and the extracted data")
@@ -174,6 +217,8 @@ def _print_outputs(result) -> None:
     for split, metrics in result.metrics.items():
         print(f"{split:5s} top-1 {metrics['top1']:.4f}  top-{metrics['topk']} {metrics['topk_accuracy']:.4f}  "
               f"macro-F1 {metrics['f1_macro']:.4f}  -> {metrics['files']['json']}")
+        if "coarse" in metrics:
+            print(f"{'':5s} coarse top-1 {metrics['coarse']['top1']:.4f}  consistency {metrics['consistency']:.4f}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -183,8 +228,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     classifier = load(args.checkpoint, device=args.device)
     report = args.report and not str(args.checkpoint).lower().endswith(".onnx")
     metrics = classifier.evaluate(args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
-                                  report=report)
+                                  report=report, unknown=args.unknown)
     print(format_metrics_table(metrics))
+    if "coarse" in metrics:
+        from imgcls.evaluation.hierarchy_metrics import format_hierarchy_lines
+
+        print("\n" + "\n".join(format_hierarchy_lines(metrics)))
+    if "openset" in metrics:
+        from imgcls.evaluation.openset import format_openset_lines
+
+        print("\n" + "\n".join(format_openset_lines(metrics["openset"])))
     for item in metrics["skipped"]:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     print(f"\nwritten: {metrics['files']['json']} (and CSVs beside it)")
@@ -236,12 +289,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from imgcls.deploy.predict import write_predictions_csv
 
     classifier = load(args.checkpoint, device=args.device)
+    if args.unknown_threshold is not None or args.unknown_score is not None:
+        threshold = classifier.unknown_threshold if args.unknown_threshold is None else args.unknown_threshold
+        classifier.unknown = classifier.unknown.replaced(threshold, args.unknown_score)
     rows = classifier.predict(args.paths, topk=args.topk, batch_size=args.batch_size, workers=None)
     out = write_predictions_csv(rows, args.out, args.topk)
     errors = [r for r in rows if r["error"]]
     for row in errors:
         print(f"could not read {row['path']}: {row['error']}", file=sys.stderr)
-    print(f"{len(rows) - len(errors)} images predicted, {len(errors)} unreadable -> {out}")
+    rejected = sum(bool(r.get("unknown")) for r in rows)
+    note = f" ({rejected} unknown: {classifier.unknown_score} < {classifier.unknown_threshold:.4g})" \
+        if classifier.unknown_threshold is not None else ""
+    print(f"{len(rows) - len(errors)} images predicted{note}, {len(errors)} unreadable -> {out}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from imgcls.data.cifar100 import convert_cifar100
+
+    result = convert_cifar100(args.to, archive=args.archive)
+    counts = ", ".join(f"{n} {split}" for split, n in result["counts"].items())
+    print(f"CIFAR-100: {counts} images, {result['fine_classes']} fine / {result['coarse_classes']} coarse classes "
+          f"-> {result['root']}")
+    print(f"train with: imgcls train {result['root']} --hierarchy {result['hierarchy']}")
+    return 0
+
+
+def cmd_augment_preview(args: argparse.Namespace) -> int:
+    from imgcls.data.augment_preview import augment_preview
+
+    data = RunConfig.load(_resolve_recipe(args.recipe)).data if args.recipe else RunConfig().data
+    out = augment_preview(args.data, args.out, preset=args.preset or data.augment, n=args.n, per_image=args.per_image,
+                          image_size=args.image_size or data.image_size or 224,
+                          random_erasing=data.random_erasing if args.random_erasing is None else args.random_erasing,
+                          seed=args.seed)
+    print(f"augment preview: {out}")
     return 0
 
 
@@ -249,6 +331,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from imgcls.demo import run_demo
 
     run_demo(Path(args.out), epochs=args.epochs)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from imgcls.data import doctor
+    from imgcls.data.doctor.report import blocking_note, summary
+
+    if args.restore:
+        result = doctor.restore(Path(args.data))
+        for path, why in result.left:
+            print(f"left in quarantine: {path}: {why}", file=sys.stderr)
+        print(f"restored {len(result.restored)} file(s) from {doctor.quarantine_dir(Path(args.data))}")
+        return 1 if result.left else 0
+    options = doctor.DoctorOptions(full=args.full, deep=args.deep, label_check=args.label_check,
+                                   min_size=args.min_size, near_distance=args.near_distance,
+                                   deep_threshold=args.deep_threshold, imbalance_ratio=args.imbalance_ratio,
+                                   backbone=args.backbone, feature_size=args.feature_size, workers=args.workers,
+                                   device=args.device)
+    report = doctor.run_doctor(args.data, options)
+    files = doctor.write_reports(report, args.out or f"doctor-{Path(args.data).resolve().name}")
+    print(summary(report))
+    print(f"\nwritten: {files['overview']}, {files['json'].name}, {files['html'].name}")
+    moves, target = doctor.plan_fix(report), doctor.quarantine_dir(report.root)
+    if moves and args.fix:
+        doctor.apply_fix(report.root, moves)
+        print(f"moved {len(moves)} file(s) to {target} (list: quarantine.csv; undo: imgcls doctor DATA --restore)")
+    elif moves:
+        print(f"dry run: {blocking_note(report)}; --fix moves them to {target}")
     return 0
 
 
@@ -277,9 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    handler = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo,
+    handler = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo, "doctor": cmd_doctor,
                "export": cmd_export, "serve": cmd_serve, "report": cmd_report, "explain": cmd_explain,
-               "runs": cmd_runs}[args.command]
+               "runs": cmd_runs, "augment-preview": cmd_augment_preview, "data": cmd_data}[args.command]
     try:
         return handler(args)
     except USER_ERRORS as err:

@@ -35,14 +35,24 @@ class DataConfig:
     image_size: int | None = _opt(None, "training image size (default: the backbone's pretrained size)")
     mean: list[float] | None = _opt(None, "normalisation mean (default: from the backbone)", cli=False)
     std: list[float] | None = _opt(None, "normalisation std (default: from the backbone)", cli=False)
-    augment: str = _opt("default", "train augmentation preset: default | none")
+    augment: str = _opt("default", "train augmentation preset: default | none | keras | color | randaugment | "
+                                   "trivialaugment (see imgcls augment-preview)")
+    random_erasing: float = _opt(0.0, "probability of erasing a random rectangle of each training image")
     batch_size: int = _opt(32, "images per optimisation step, over all devices and accumulation steps")
     workers: int | None = _opt(None, "data-loading worker processes (default: one per CPU core, at most 8)")
+    cache: str = _opt("auto", "decode images once: ram | disk (numpy memmap) | none | auto (ram if it fits, "
+                              "else disk)")
+    cache_dir: str | None = _opt(None, "folder of the disk pixel cache (default: $IMGCLS_CACHE or ~/.cache/imgcls)")
+    hierarchy: str | None = _opt(None, "coarse labels over the classes: folders (<coarse>/<fine>/ layout) | cifar100 | "
+                                       "a fine,coarse CSV file (docs/hierarchy.md)")
+    hierarchy_map: dict[str, str] | None = _opt(None, "fine -> coarse class mapping; filled in from hierarchy "
+                                                      "when training starts", cli=False)
 
 
 @dataclass
 class ModelConfig:
-    name: str = _opt("efficientnet_lite0", "any timm model name", flag="--model")
+    name: str = _opt("efficientnet_lite0", "any timm model name, or a hand-built CNN cnn:SPEC (docs/recipes.md)",
+                     flag="--model")
     pretrained: bool = _opt(True, "start from pretrained weights (offline package, --weights, or the timm hub)")
     weights: str | None = _opt(None, "path to a backbone state dict to start from")
     head: str = _opt("linear", "classifier head: linear | mlp:512,256")
@@ -61,11 +71,26 @@ class TrainConfig:
     weight_decay: float = _opt(0.01, "decoupled weight decay (not applied to biases and norms)")
     momentum: float = _opt(0.9, "SGD momentum")
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss")
+    balance: str = _opt("none", "class imbalance: none | weights (class-weighted loss) | sampler (class-balanced "
+                                "draws) | oversample | undersample (equal class counts; docs/doctor.md)")
+    coarse_weight: float = _opt(1.0, "hierarchical models: weight of the coarse cross-entropy in the loss")
+    fine_weight: float = _opt(1.0, "hierarchical models: weight of the fine cross-entropy in the loss")
+    unknown_threshold: str | float | None = _opt(None, "open-set rejection: auto (fitted on val) or a score "
+                                                       "value; below it predict says unknown (docs/openset.md)")
+    unknown_score: str = _opt("msp", "open-set score: msp (max softmax probability) | energy (logsumexp of logits)")
+    unknown_keep: float = _opt(0.95, "--unknown-threshold auto: share of known validation images kept")
+    mixup: float = _opt(0.0, "MixUp alpha (0 = off; 0.2 is typical): blend image pairs and their labels")
+    cutmix: float = _opt(0.0, "CutMix alpha (0 = off; 1.0 is typical): paste a patch of another image")
+    mix_prob: float = _opt(1.0, "probability that a batch is mixed (MixUp / CutMix)")
+    mix_switch_prob: float = _opt(0.5, "with both MixUp and CutMix on: probability of CutMix for a mixed batch")
     scheduler: str = _opt("cosine", "cosine | plateau | none")
     warmup_epochs: float = _opt(0.0, "linear warm-up length in epochs (cosine)")
     plateau_factor: float = _opt(0.5, "LR multiplier on plateau")
     plateau_patience: int = _opt(2, "epochs without improvement before the LR drops")
     monitor: str = _opt("val_acc", "metric that picks best.pt and drives early stopping / plateau")
+    feature_cache: bool = _opt(True, "while the backbone is frozen, train the head on features computed once")
+    feature_views: int = _opt(1, "cached feature views per train image: 1 = the clean eval view, K = K augmented "
+                                 "views used in turn")
     early_stopping: int | None = _opt(None, "stop after this many epochs without improvement")
     grad_clip: float | None = _opt(None, "clip the gradient norm to this value")
     amp: bool = _opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
@@ -173,6 +198,9 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         if option is type(None):
             continue
         origin = typing.get_origin(option)
+        if origin is dict and isinstance(value, dict):
+            inner = typing.get_args(option)[1]
+            return {str(k): _coerce(v, inner, key) for k, v in value.items()}
         if origin is list:
             items = value if isinstance(value, (list, tuple)) else [value]
             inner = typing.get_args(option)[0]

@@ -31,8 +31,10 @@ class CachedImageDataset(Dataset):
     def __init__(self, cache: PixelCache, paths: list, targets: list[int], pre: Preprocessing,
                  train: bool, preset: str = "default", random_erasing: float = 0.0):
         self.cache, self.paths, self.targets, self.pre = cache, paths, list(targets), pre
-        self.train = train
-        fast = not train or (preset == "default" and not random_erasing)
+        # "none" trains on the eval view: the exact centre crop of the cached square, not a
+        # second resize of it.
+        self.train = train and not (preset == "none" and not random_erasing)
+        fast = not self.train or (preset == "default" and not random_erasing)
         self.slow_transform = None if fast else train_transform(pre, preset, random_erasing)
 
     def __len__(self) -> int:

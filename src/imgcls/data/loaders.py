@@ -18,12 +18,17 @@ class SeededSampler(Sampler):
     ``set_epoch``; unlike it, it never pads the evaluation split with duplicates (``pad``
     is only for training, where DDP needs the same number of steps on every rank), and it
     hands each sample a seed so augmentation is reproducible on resume.
+
+    With per-sample ``weights`` (``--balance sampler``) each epoch instead draws ``size``
+    indices with replacement, in proportion to the weights, from the same (seed, epoch)
+    generator: torch's WeightedRandomSampler, but deterministic and shardable.
     """
 
     def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 pad: bool = False):
+                 pad: bool = False, weights: torch.Tensor | None = None):
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -33,6 +38,8 @@ class SeededSampler(Sampler):
         if not self.shuffle:
             return torch.arange(self.size)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
         return torch.randperm(self.size, generator=generator)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -41,6 +48,9 @@ class SeededSampler(Sampler):
             order = torch.cat([order, order[: self.world_size - self.size % self.world_size]])
         shard = order[self.rank :: self.world_size].tolist()
         base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        if self.weights is not None:  # an image drawn k times gets k different augmentations
+            repeats = _repeat_counts(order.tolist())[self.rank :: self.world_size]
+            return iter([(index, (base + index + self.size * k) % (2**63)) for index, k in zip(shard, repeats)])
         return iter([(index, (base + index) % (2**63)) for index in shard])
 
     def __len__(self) -> int:
@@ -50,20 +60,36 @@ class SeededSampler(Sampler):
         return len(range(self.rank, total, self.world_size))
 
 
+def _repeat_counts(order: list[int]) -> list[int]:
+    """How often each position's index already occurred earlier in ``order``."""
+    seen: dict[int, int] = {}
+    counts = []
+    for index in order:
+        counts.append(seen.get(index, 0))
+        seen[index] = counts[-1] + 1
+    return counts
+
+
 def default_workers() -> int:
     return min(os.cpu_count() or 1, 8)
 
 
 def make_loader(dataset: ImageDataset, batch_size: int, train: bool, seed: int = 0,
-                workers: int | None = None, rank: int = 0, world_size: int = 1) -> DataLoader:
+                workers: int | None = None, rank: int = 0, world_size: int = 1,
+                collate_fn=collate, weights: torch.Tensor | None = None) -> DataLoader:
+    """``weights``: per-sample draw weights for training (``--balance sampler``)."""
     workers = default_workers() if workers is None else workers
-    sampler = SeededSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+    sampler = SeededSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
+                            weights=weights if train else None)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
+        # Its own generator: otherwise every new iterator draws a worker base seed from the
+        # global RNG, and dropout masks would depend on how many loaders were iterated.
+        generator=torch.Generator().manual_seed(seed),
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
         # A last training batch of one image breaks BatchNorm; dropping it costs at most

@@ -6,6 +6,11 @@ Layouts, checked in this order:
   * a single folder of class folders;
   * ``--train`` folders (several are merged by class name) and an optional ``--val`` folder.
 Whatever has no validation split gets one from :func:`imgcls.data.splits.stratified_split`.
+
+``nested=True`` (``--hierarchy folders``) reads ``<coarse>/<fine>/`` folders instead: the fine
+folder is the class, the coarse folder is kept in ``Sample.coarse``. An ``unknown/`` folder in
+val or test (when no training class has that name) holds out-of-distribution images for
+open-set evaluation: it is kept apart in ``DatasetSplits.unknown``, not treated as a class.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from imgcls.data.splits import stratified_split
 
 VAL_NAMES = ("val", "valid", "validation")
 TEST_NAMES = ("test",)
+UNKNOWN_FOLDER = "unknown"
 
 
 class DatasetError(ValueError):
@@ -29,6 +35,7 @@ class DatasetError(ValueError):
 class Sample:
     path: Path
     label: str
+    coarse: str | None = None  # the <coarse> folder of a nested layout
 
 
 @dataclass
@@ -37,6 +44,7 @@ class DatasetSplits:
 
     classes: list[str]
     splits: dict[str, list[Sample]] = field(default_factory=dict)
+    unknown: dict[str, list[Sample]] = field(default_factory=dict)  # out-of-distribution images per split
 
     def targets(self, split: str) -> list[int]:
         index = {name: i for i, name in enumerate(self.classes)}
@@ -55,11 +63,12 @@ def discover(
     val_dir: str | None = None,
     val_fraction: float = 0.15,
     split_seed: int = 0,
+    nested: bool = False,
 ) -> DatasetSplits:
     """Read the dataset at ``path`` (and/or ``train_dirs``) into train/val[/test] samples."""
-    splits = _read_layout(Path(path) if path else None, [Path(p) for p in train_dirs or []])
+    splits = _read_layout(Path(path) if path else None, [Path(p) for p in train_dirs or []], nested)
     if val_dir:
-        splits["val"] = scan_class_folders(Path(val_dir))
+        splits["val"] = scan_class_folders(Path(val_dir), nested)
     if "train" not in splits or not splits["train"]:
         raise DatasetError(f"{path or train_dirs}: no training images found")
     if "val" not in splits:
@@ -67,11 +76,25 @@ def discover(
             raise DatasetError(f"{path}: no val split and --val-fraction {val_fraction} is not in (0, 1)")
         splits["train"], splits["val"] = stratified_split(splits["train"], val_fraction, split_seed)
     classes = sorted({s.label for s in splits["train"]})
+    unknown = _set_aside_unknown(splits, classes)
     _check_known_classes(splits, classes, path)
-    return DatasetSplits(classes=classes, splits=splits)
+    return DatasetSplits(classes=classes, splits=splits, unknown=unknown)
 
 
-def _read_layout(root: Path | None, train_dirs: list[Path]) -> dict[str, list[Sample]]:
+def _set_aside_unknown(splits: dict[str, list[Sample]], classes: list[str]) -> dict[str, list[Sample]]:
+    """Move the images of an ``unknown`` folder out of val/test (unless it is a trained class)."""
+    if UNKNOWN_FOLDER in classes:
+        return {}
+    unknown = {}
+    for name in [n for n in splits if n != "train"]:
+        found = [s for s in splits[name] if s.label == UNKNOWN_FOLDER]
+        if found:
+            unknown[name] = found
+            splits[name] = [s for s in splits[name] if s.label != UNKNOWN_FOLDER]
+    return unknown
+
+
+def _read_layout(root: Path | None, train_dirs: list[Path], nested: bool = False) -> dict[str, list[Sample]]:
     splits: dict[str, list[Sample]] = {}
     if root is not None:
         if not root.exists():
@@ -80,30 +103,46 @@ def _read_layout(root: Path | None, train_dirs: list[Path]) -> dict[str, list[Sa
             return read_manifest(root)
         train = root / "train"
         if train.is_dir():
-            splits["train"] = scan_class_folders(train)
+            splits["train"] = scan_class_folders(train, nested)
             for name, options in (("val", VAL_NAMES), ("test", TEST_NAMES)):
                 found = next((root / o for o in options if (root / o).is_dir()), None)
                 if found is not None:
-                    splits[name] = scan_class_folders(found)
+                    splits[name] = scan_class_folders(found, nested)
         else:
-            splits["train"] = scan_class_folders(root)
+            splits["train"] = scan_class_folders(root, nested)
     for extra in train_dirs:
-        splits.setdefault("train", []).extend(scan_class_folders(extra))
+        splits.setdefault("train", []).extend(scan_class_folders(extra, nested))
     return splits
 
 
-def scan_class_folders(root: Path) -> list[Sample]:
-    """Every image below ``root/<class>/`` (recursively), sorted, hidden files skipped."""
+def scan_class_folders(root: Path, nested: bool = False) -> list[Sample]:
+    """Every image below ``root/<class>/`` (recursively), sorted, hidden files skipped;
+    ``nested``: below ``root/<coarse>/<class>/``."""
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder of class folders")
     samples = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for file in sorted(class_dir.rglob("*")):
-            if file.is_file() and is_image_file(file) and not _is_hidden(file, class_dir):
-                samples.append(Sample(file, class_dir.name))
+    for class_dir in _subfolders(root):
+        if not nested or class_dir.name == UNKNOWN_FOLDER:
+            samples.extend(_images_below(class_dir, class_dir.name))
+            continue
+        loose = next((f for f in class_dir.iterdir() if f.is_file() and is_image_file(f)), None)
+        if loose is not None:
+            raise DatasetError(f"{loose}: an image directly in coarse folder '{class_dir.name}'; with "
+                               "--hierarchy folders images go in <coarse>/<fine>/ folders")
+        for fine_dir in _subfolders(class_dir):
+            samples.extend(_images_below(fine_dir, fine_dir.name, class_dir.name))
     if not samples:
         raise DatasetError(f"{root}: no images found in class sub-folders")
     return samples
+
+
+def _subfolders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_below(class_dir: Path, label: str, coarse: str | None = None) -> list[Sample]:
+    return [Sample(file, label, coarse) for file in sorted(class_dir.rglob("*"))
+            if file.is_file() and is_image_file(file) and not _is_hidden(file, class_dir)]
 
 
 def list_images(paths: list[str | Path]) -> list[Path]:

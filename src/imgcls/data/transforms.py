@@ -50,20 +50,64 @@ def eval_transform(pre: Preprocessing) -> T.Compose:
     )
 
 
-def train_transform(pre: Preprocessing, preset: str = "default") -> T.Compose:
-    """Augmentation presets for training; ``none`` is the eval transform."""
-    if preset == "none":
-        return eval_transform(pre)
-    if preset != "default":
-        raise ValueError(f"unknown augmentation preset '{preset}' (choose: default, none)")
+# The presets below follow torchvision's references/classification/presets.py: geometry and
+# colour on the PIL image, then the tensor tail, then random erasing on the normalised tensor.
+PRESETS = ("default", "none", "keras", "color", "randaugment", "trivialaugment")
+# The default preset's parameters, shared with the batched cached pipeline (cached_dataset.py).
+DEFAULT_CROP_SCALE = (0.25, 1.0)
+DEFAULT_JITTER = 0.2
+
+
+def train_transform(pre: Preprocessing, preset: str = "default", random_erasing: float = 0.0) -> T.Compose:
+    """The training transform of a named augmentation preset (``none`` is the eval transform).
+
+    ``random_erasing`` is the probability of erasing one random rectangle per image.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown augmentation preset '{preset}' (choose: {', '.join(PRESETS)})")
+    if not 0.0 <= random_erasing <= 1.0:
+        raise ValueError(f"--random-erasing {random_erasing}: a probability between 0 and 1")
+    steps = eval_transform(pre).transforms if preset == "none" else _augment(pre, preset) + _tail(pre)
+    if random_erasing > 0:
+        steps = list(steps) + [T.RandomErasing(p=random_erasing, value=0)]
+    return T.Compose(steps)
+
+
+def _augment(pre: Preprocessing, preset: str) -> list:
     interpolation = InterpolationMode(pre.interpolation)
-    # scale >= 0.25 rather than ImageNet's 0.08: fine-tuning runs are short and the crops of
-    # 8% of an image often lose the object in small datasets.
-    return T.Compose(
-        [
-            T.RandomResizedCrop(pre.image_size, scale=(0.25, 1.0), interpolation=interpolation, antialias=True),
-            T.RandomHorizontalFlip(),
-            T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+    # Rotations and shears on tensors (the pixel cache serves uint8 tensors) support only
+    # nearest and bilinear; bilinear is what Keras and TF use for them anyway.
+    warp = InterpolationMode.BILINEAR
+    size = pre.image_size
+    flip = T.RandomHorizontalFlip()
+    # Uncovered corners get the normalisation mean (0 after Normalize), not black, so they
+    # carry no brightness signal.
+    fill = tuple(round(m * 255) for m in pre.mean)
+    if preset == "keras":
+        # Keras ImageDataGenerator of seed 000: rotation 30 deg, zoom 20%, shear 10%, shift 10%.
+        # Keras reads shear_range in degrees; the seed means a 10% shear, i.e. atan(0.1) = 5.7 deg.
+        # Affine before the centre crop: the crop trims some of the filled border, as Keras'
+        # 'nearest' fill would hide it.
+        return [
+            T.Resize(pre.resize_size, interpolation=interpolation, antialias=True),
+            T.RandomAffine(degrees=30, translate=(0.1, 0.1), scale=(0.8, 1.2), shear=math.degrees(math.atan(0.1)),
+                           interpolation=warp, fill=fill),
+            T.CenterCrop(size),
         ]
-        + _tail(pre)
-    )
+    if preset == "color":
+        # Seeds 003 and 004: flip, brightness/contrast/saturation/hue, zoom-like random crop, rotation.
+        return [
+            T.RandomResizedCrop(size, scale=(0.5, 1.0), interpolation=interpolation, antialias=True),
+            flip,
+            T.RandomRotation(15, interpolation=warp, fill=fill),
+            T.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
+        ]
+    # scale >= 0.25 rather than ImageNet's 0.08: fine-tuning runs are short and crops of 8% of
+    # an image often lose the object in small datasets.
+    crop = T.RandomResizedCrop(size, scale=DEFAULT_CROP_SCALE, interpolation=interpolation, antialias=True)
+    if preset == "randaugment":
+        return [crop, flip, T.RandAugment(interpolation=warp)]
+    if preset == "trivialaugment":
+        return [crop, flip, T.TrivialAugmentWide(interpolation=warp)]
+    jitter = DEFAULT_JITTER
+    return [crop, flip, T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter)]

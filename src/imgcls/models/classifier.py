@@ -13,6 +13,7 @@ from imgcls.config import DataConfig, ModelConfig
 from imgcls.data.transforms import Preprocessing
 from imgcls.models.backbones import create_backbone
 from imgcls.models.heads import build_head
+from imgcls.models.hierarchical import HierarchicalHead, num_coarse_classes
 
 
 class ImageClassifier(nn.Module):
@@ -24,8 +25,25 @@ class ImageClassifier(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, levels: bool = False):
+        """Class logits; ``levels=True`` (hierarchical heads only): ``(coarse, fine)`` logits.
+
+        The flag goes through ``forward`` rather than a separate method so that a DDP- or
+        torch.compile-wrapped model still sees one ordinary forward call.
+        """
+        if levels:
+            return self.head.forward_levels(self.backbone(images))
         return self.head(self.backbone(images))
+
+    @property
+    def hierarchical(self) -> bool:
+        return isinstance(self.head, HierarchicalHead)
+
+    def forward_levels(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(coarse_logits, fine_logits)`` of a model with a hierarchical head."""
+        if not self.hierarchical:
+            raise TypeError("forward_levels needs a hierarchical head (data.hierarchy)")
+        return self.forward(images, levels=True)
 
     def backbone_blocks(self) -> list[list[nn.Parameter]]:
         """Backbone parameters grouped into blocks, from the stem to the last block.
@@ -47,7 +65,12 @@ def build_model(model_cfg: ModelConfig, data_cfg: DataConfig, num_classes: int,
     use_pretrained = model_cfg.pretrained and load_weights
     weights = model_cfg.weights if use_pretrained else None
     backbone, data_config = create_backbone(model_cfg.name, use_pretrained, weights)
-    head = build_head(model_cfg.head, backbone.num_features, num_classes, model_cfg.dropout, model_cfg.head_l2)
+    num_coarse = num_coarse_classes(data_cfg.hierarchy_map)
+    if num_coarse:
+        head = HierarchicalHead(model_cfg.head, backbone.num_features, num_classes, num_coarse, model_cfg.dropout,
+                                model_cfg.head_l2)
+    else:
+        head = build_head(model_cfg.head, backbone.num_features, num_classes, model_cfg.dropout, model_cfg.head_l2)
     size = data_cfg.image_size or data_config["input_size"][-1]
     preprocessing = Preprocessing(
         image_size=size,

@@ -106,7 +106,7 @@ def gather_predictions(ctx: DistContext, local: Predictions) -> Predictions:
     labelled = int((local.targets >= 0).sum())
     parts = [None] * ctx.world_size
     dist.all_gather_object(parts, (local.probs, local.targets, local.indices, local.loss * labelled,
-                                   labelled, local.bad))
+                                   labelled, local.bad, local.logits, local.coarse_probs))
     parts = [p for p in parts if len(p[2])] or parts[:1]
     order = np.argsort(np.concatenate([p[2] for p in parts]), kind="stable")
     total_labelled = sum(p[4] for p in parts)
@@ -116,7 +116,14 @@ def gather_predictions(ctx: DistContext, local: Predictions) -> Predictions:
         indices=np.concatenate([p[2] for p in parts])[order],
         loss=sum(p[3] for p in parts if p[4]) / total_labelled if total_labelled else float("nan"),
         bad=[b for p in parts for b in p[5]],
+        logits=_concat_optional([p[6] for p in parts], order),
+        coarse_probs=_concat_optional([p[7] for p in parts], order),
     )
+
+
+def _concat_optional(arrays: list, order: np.ndarray):
+    """Per-rank optional outputs (logits, coarse probabilities), merged like ``probs``."""
+    return None if any(a is None for a in arrays) else np.concatenate(arrays)[order]
 
 
 def launch(devices: int, argv: list[str]) -> int:

@@ -23,18 +23,23 @@ from torch import nn
 from imgcls.config import RunConfig
 from imgcls.training import distributed
 from imgcls.training.distributed import DistContext
-from imgcls.data.dataset import ImageDataset
-from imgcls.data.loaders import make_loader
+from imgcls.data.cached_dataset import make_dataset
+from imgcls.data.balance import balance_train_split
+from imgcls.data.loaders import default_workers, make_loader
+from imgcls.data.hierarchy import attach_hierarchy, is_nested
 from imgcls.data.sources import DatasetSplits, discover
-from imgcls.data.transforms import Preprocessing, eval_transform, train_transform
+from imgcls.data.transforms import Preprocessing
+from imgcls.evaluation.hierarchy_metrics import hierarchy_epoch_metrics
 from imgcls.evaluation.inference import Predictions, predict_loader
 from imgcls.models.classifier import apply_freeze, build_model, parameter_counts, train_mode
 from imgcls.runtime import (amp_dtype, autocast, configure_cuda, configure_logging, log, progress, select_device,
                             seed_everything)
 from imgcls.training.callbacks import Monitor
 from imgcls.training.checkpoint import read_checkpoint, rng_state, save_checkpoint
+from imgcls.training.features import FeatureSet, extract_feature_set, predict_val, train_head_epoch
 from imgcls.training.logs import BadFileLog, MetricsLog
 from imgcls.training.losses import build_criterion
+from imgcls.training.mixing import build_mixer
 from imgcls.training.optim import create_optimizer, create_scheduler
 from imgcls.training.rundir import open_run_dir
 
@@ -66,6 +71,8 @@ class Trainer:
     bad_files: BadFileLog
     ctx: DistContext = field(default_factory=DistContext)
     net: nn.Module | None = None  # what training calls: the model, DDP-wrapped and/or compiled
+    features: FeatureSet | None = None  # cached backbone features while the backbone is frozen
+    mixer: Callable | None = None  # MixUp/CutMix: (images, targets) -> (mixed images, soft targets)
     step: int = 0
     stop_requested: bool = False
 
@@ -97,8 +104,7 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
             _wrap(trainer)  # DDP must know which parameters train in this phase
         seed_everything(config.train.seed * 1000 + epoch)
         started = time.perf_counter()
-        train_stats = train_one_epoch(trainer, epoch)
-        val = _predict(trainer, "val")
+        train_stats, val = _run_epoch(trainer, epoch)
         row = _epoch_row(trainer, epoch, phase, train_stats, val, time.perf_counter() - started)
         improved = monitor.update(row)
         if trainer.scheduler is not None and config.train.scheduler == "plateau":
@@ -124,6 +130,37 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
     return TrainResult(run_dir=run_dir, best_checkpoint=best, splits=list(trainer.data.splits), history=history)
 
 
+def _run_epoch(trainer: Trainer, epoch: int) -> tuple[dict, Predictions]:
+    """Train one epoch and validate; on cached backbone features while the backbone is frozen."""
+    if _features_apply(trainer):
+        if trainer.features is None:
+            clean = _clean_train_dataset(trainer) if trainer.config.train.feature_views == 1 else None
+            trainer.features = extract_feature_set(trainer, trainer.config.train.feature_views, clean)
+            trainer.bad_files.add(trainer.features.bad)
+        stats = train_head_epoch(trainer, trainer.features, epoch, _optimizer_step)
+        return stats, predict_val(trainer, trainer.features)
+    trainer.features = None  # stale as soon as the backbone trains
+    return train_one_epoch(trainer, epoch), _predict(trainer, "val")
+
+
+def _features_apply(trainer: Trainer) -> bool:
+    """Cached features stand in for the backbone only when nothing could tell them apart:
+    a fully frozen backbone, a plain head on single images, and one process."""
+    cfg = trainer.config.train
+    frozen = not any(p.requires_grad for p in trainer.model.backbone.parameters())
+    return (cfg.feature_cache and frozen and not trainer.ctx.enabled and trainer.mixer is None
+            and not trainer.model.hierarchical and cfg.balance != "sampler")
+
+
+def _clean_train_dataset(trainer: Trainer):
+    """The train images under the eval transform (the single 'clean' feature view)."""
+    d, split = trainer.config.data, trainer.data.splits["train"]
+    dataset, _ = make_dataset([s.path for s in split], trainer.data.targets("train"), trainer.preprocessing,
+                              False, d.cache, workers=default_workers() if d.workers is None else d.workers,
+                              cache_dir=Path(d.cache_dir) if d.cache_dir else None)
+    return dataset
+
+
 def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
     model, cfg, accumulate = trainer.model, trainer.config.train, trainer.config.train.accumulate
     loader = trainer.loaders["train"]
@@ -139,19 +176,31 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
         images, targets, weight = _batch_tensors(trainer, batch)
         if images is None:
             continue
+        if trainer.mixer is not None:
+            images, targets = trainer.mixer(images, targets)
+        labels = targets.argmax(1) if targets.ndim > 1 else targets  # the dominant class of a mixed target
         last_micro = (i + 1) % accumulate == 0
         with _maybe_no_sync(trainer, last_micro), autocast(trainer.device, trainer.amp):
-            logits = trainer.net(images)
-            loss = trainer.criterion(logits, targets) + model.head.l2_penalty()
+            outputs = _forward(trainer, images)
+            logits = outputs[-1] if isinstance(outputs, tuple) else outputs  # (coarse, fine): fine logits
+            loss = trainer.criterion(outputs, targets) + model.head.l2_penalty()
             trainer.scaler.scale(loss * weight / accumulate).backward()
         if last_micro:
             _optimizer_step(trainer)
         loss_sum += loss.item() * len(batch)
-        correct += (logits.argmax(1) == targets).sum().item()
+        correct += (logits.argmax(1) == labels).sum().item()
         seen += len(batch)
     distributed.sync_buffers(trainer.ctx, model)
     loss_sum, correct, seen = distributed.sum_across(trainer.ctx, loss_sum, correct, seen)
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+def _forward(trainer: Trainer, images: torch.Tensor):
+    """Logits, or ``(coarse, fine)`` logits when the criterion scores both levels of a
+    hierarchical head: one call through ``trainer.net`` either way, so DDP sees one forward."""
+    if getattr(trainer.criterion, "wants_levels", False):
+        return trainer.net(images, levels=True)
+    return trainer.net(images)
 
 
 def _batch_tensors(trainer: Trainer, batch) -> tuple:
@@ -230,6 +279,7 @@ def _epoch_row(trainer: Trainer, epoch: int, phase: str, train_stats: dict, val:
         "val_loss": val.loss,
         "val_acc": _topk_accuracy(val, 1),
         f"val_top{k}": _topk_accuracy(val, k),
+        **hierarchy_epoch_metrics(val, trainer.config.data.hierarchy_map, trainer.data.classes),
         "lr": lrs["head"],
         "backbone_lr": lrs.get("backbone", float("nan")),
         "seconds": round(seconds, 2),
@@ -265,6 +315,7 @@ def _save(trainer: Trainer, monitor: Monitor, history: list[dict], path: Path, e
         history=history,
         rng=rng_state(),
         temperature=1.0,
+        hierarchy=trainer.config.data.hierarchy_map,  # fine -> coarse (also in config.data)
     )
 
 
@@ -305,7 +356,9 @@ def _build(config: RunConfig, run_dir: Path, checkpoint: dict | None, ctx: DistC
     amp = amp_dtype(device, config.train.amp)
     seed_everything(config.train.seed)
     d = config.data
-    data = discover(d.path, d.train_dirs, d.val_dir, d.val_fraction, d.split_seed)
+    data = discover(d.path, d.train_dirs, d.val_dir, d.val_fraction, d.split_seed, nested=is_nested(d.hierarchy))
+    if attach_hierarchy(d, data) is not None and ctx.is_main:
+        config.save(run_dir / "config.yaml")  # now with the resolved fine -> coarse map
     model, preprocessing = build_model(config.model, d, len(data.classes), load_weights=checkpoint is None)
     if ctx.enabled and config.train.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -325,7 +378,8 @@ def _build(config: RunConfig, run_dir: Path, checkpoint: dict | None, ctx: DistC
         scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
         device=device,
         amp=amp,
-        criterion=build_criterion(config, data),
+        criterion=build_criterion(config, data).to(device),
+        mixer=build_mixer(config, len(data.classes)),
         bad_files=BadFileLog(run_dir / "bad_files.csv" if ctx.is_main else None),
         ctx=ctx,
     )
@@ -342,11 +396,23 @@ def per_device_batch(config: RunConfig, world_size: int) -> int:
 
 def make_split_loader(data: DatasetSplits, split: str, preprocessing: Preprocessing, config: RunConfig,
                       train: bool = False, ctx: DistContext = DistContext()):
-    paths = [s.path for s in data.splits[split]]
-    transform = train_transform(preprocessing, config.data.augment) if train else eval_transform(preprocessing)
-    dataset = ImageDataset(paths, data.targets(split), transform, draft_size=preprocessing.resize_size)
+    paths, targets, weights = [s.path for s in data.splits[split]], data.targets(split), None
+    if train:  # --balance: resampled list and/or sampler weights (data/balance.py)
+        paths, targets, weights = balance_train_split(paths, targets, config.train.balance, config.train.seed)
+    d = config.data
+    cache = d.cache
+    if ctx.enabled and cache in ("auto", "ram"):
+        cache = "disk"  # one memmap shared by all ranks instead of one RAM copy each
+    workers = default_workers() if d.workers is None else d.workers
+    if ctx.enabled and not ctx.is_main and cache == "disk":
+        distributed.barrier(ctx)  # rank 0 builds the cache first; the others then open it
+    dataset, collate_fn = make_dataset(paths, targets, preprocessing, train, cache, d.augment,
+                                       d.random_erasing, workers, Path(d.cache_dir) if d.cache_dir else None)
+    if ctx.enabled and ctx.is_main and cache == "disk":
+        distributed.barrier(ctx)
     return make_loader(dataset, per_device_batch(config, ctx.world_size), train=train, seed=config.train.seed,
-                       workers=config.data.workers, rank=ctx.rank, world_size=ctx.world_size)
+                       workers=d.workers, rank=ctx.rank, world_size=ctx.world_size, collate_fn=collate_fn,
+                       weights=weights)
 
 
 def _make_loaders(data: DatasetSplits, preprocessing: Preprocessing, config: RunConfig, ctx: DistContext) -> dict:

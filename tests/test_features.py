@@ -1,0 +1,37 @@
+"""Head-only epochs on cached features are the same training as recomputing the backbone."""
+
+from __future__ import annotations
+
+import torch
+from conftest import FAST
+
+import imgcls
+
+
+def _head_run(data, tmp_path, name, **options):
+    settings = dict(FAST, epochs=2, head_epochs=2, augment="none", lr=0.05, out_dir=str(tmp_path), name=name)
+    settings.update(options)
+    result = imgcls.train(data, evaluate=False, **settings)
+    return result, torch.load(result.run_dir / "last.pt", weights_only=False)
+
+
+def test_cached_features_train_the_same_head(flat_dataset, tmp_path):
+    # With the eval transform for training, both paths see identical inputs, batches and
+    # steps, so they must end with the same head (up to float summation order).
+    cached, a = _head_run(flat_dataset, tmp_path, "cached", feature_cache=True)
+    plain, b = _head_run(flat_dataset, tmp_path, "plain", feature_cache=False)
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key].float(), b["model"][key].float(), atol=1e-4), key
+    for row_a, row_b in zip(a["history"], b["history"]):
+        assert abs(row_a["val_loss"] - row_b["val_loss"]) < 1e-4
+        assert row_a["val_acc"] == row_b["val_acc"]
+    assert "feature cache" in (cached.run_dir / "train.log").read_text()
+    assert "feature cache" not in (plain.run_dir / "train.log").read_text()
+
+
+def test_augmented_feature_views_and_finetune_phase(flat_dataset, tmp_path):
+    result, checkpoint = _head_run(flat_dataset, tmp_path, "views", augment="default", feature_views=2,
+                                   epochs=3, head_epochs=2)
+    assert [r["phase"] for r in checkpoint["history"]] == ["head", "head", "finetune"]
+    log = (result.run_dir / "train.log").read_text()
+    assert "x 2 view(s)" in log
