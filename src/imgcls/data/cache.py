@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from imgcls.runtime import log, progress
 
 CACHE_MODES = ("auto", "ram", "disk", "none")
 RAM_SHARE = 0.5  # use at most half of the currently available memory
+# RAM caches alive in this process, by key: freed with the last dataset that uses them.
+_IN_MEMORY: weakref.WeakValueDictionary[str, "PixelCache"] = weakref.WeakValueDictionary()
 
 
 @dataclass
@@ -92,6 +95,8 @@ def build_cache(paths: list[Path], pre: Preprocessing, mode: str, cache_dir: Pat
     if mode == "none":
         return None
     key = cache_key(paths, pre)
+    if mode == "ram" and key in _IN_MEMORY:
+        return _IN_MEMORY[key]  # e.g. the train images again, for the clean feature view
     target = cache_dir / f"{key}.npy"
     if mode == "disk" and target.exists() and target.with_suffix(".json").exists():
         bad = {int(k): v for k, v in json.loads(target.with_suffix(".json").read_text()).items()}
@@ -102,7 +107,8 @@ def build_cache(paths: list[Path], pre: Preprocessing, mode: str, cache_dir: Pat
         pixels = np.lib.format.open_memmap(target.with_suffix(".tmp.npy"), "w+", np.uint8, (len(paths), side, side, 3))
     bad = _fill(pixels, paths, pre, workers)
     if mode == "ram":
-        return PixelCache(pixels, bad, "ram")
+        cache = _IN_MEMORY[key] = PixelCache(pixels, bad, "ram")
+        return cache
     pixels.flush()
     del pixels
     target.with_suffix(".json").write_text(json.dumps(bad))

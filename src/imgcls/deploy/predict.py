@@ -19,7 +19,7 @@ from imgcls.data.transforms import eval_transform
 from imgcls.evaluation.evaluate import evaluate_samples, load_split, load_unknown, write_eval
 from imgcls.evaluation.inference import Predictions, predict_loader
 from imgcls.evaluation.openset import UNKNOWN_LABEL, UnknownRule, evaluate_unknown_images, known_rejection
-from imgcls.runtime import select_device
+from imgcls.runtime import memory_format_for, select_device
 from imgcls.training.checkpoint import model_from_checkpoint, read_checkpoint
 
 
@@ -37,7 +37,7 @@ class Classifier:
         self.calibration: dict | None = checkpoint.get("calibration")  # how the temperature was fitted
         self.device = select_device(device)
         self.model, self.preprocessing = model_from_checkpoint(checkpoint)
-        self.model.to(self.device)
+        self.model.to(self.device, memory_format=memory_format_for(self.device))
         self.transform = eval_transform(self.preprocessing)
         hierarchy_map = self.config.data.hierarchy_map
         self.hierarchy = Hierarchy.from_map(self.classes, hierarchy_map) if hierarchy_map else None
@@ -121,6 +121,16 @@ class Classifier:
                 row["label"] = UNKNOWN_LABEL
         return row
 
+    def remember(self, samples: list, raw: Predictions) -> None:
+        """Keep the temperature-1 predictions of one sample list: calibration, the open-set
+        fit and the evaluation that follow training all score the val split, and the model
+        does not change in between, so it runs over the images once, not three times."""
+        self._remembered = (tuple(str(s.path) for s in samples), raw)
+
+    def remembered(self, samples: list) -> Predictions | None:
+        key, raw = getattr(self, "_remembered", (None, None))
+        return raw if key == tuple(str(s.path) for s in samples) else None
+
     def evaluate(self, data: str | Path, split: str | None = None, out_dir: str | Path | None = None,
                  batch_size: int = 64, workers: int | None = None, report: bool | str | Path = False,
                  unknown: str | Path | None = None) -> dict:
@@ -135,7 +145,8 @@ class Classifier:
         split, samples = load_split(data, self.config, split)
         metrics, predictions = evaluate_samples(
             self.model, self.classes, self.preprocessing, samples, self.device, batch_size=batch_size,
-            topk=self.config.train.topk, temperature=self.temperature, workers=workers, hierarchy=self.hierarchy)
+            topk=self.config.train.topk, temperature=self.temperature, workers=workers, hierarchy=self.hierarchy,
+            raw=self.remembered(samples))
         metrics["split"] = split
         metrics["checkpoint"] = str(self.checkpoint_path)
         out = Path(out_dir) if out_dir else self.checkpoint_path.parent / f"eval-{split}"

@@ -147,7 +147,8 @@ def calibrate_classifier(classifier: "Classifier", batch_size: int = 64, workers
         _, samples = load_split(None, classifier.config, "val")
         _, predictions = evaluate_samples(classifier.model, classifier.classes, classifier.preprocessing, samples,
                                           classifier.device, batch_size=batch_size, temperature=1.0,
-                                          workers=workers)
+                                          workers=workers, raw=classifier.remembered(samples))
+        classifier.remember(samples, predictions)
     except (DatasetError, OSError) as err:
         log.warning("temperature scaling skipped: the run's validation split is not readable (%s)", err)
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -53,15 +54,18 @@ def load_unknown(data: str | Path | None, config: RunConfig, split: str, folder:
 def evaluate_samples(model: torch.nn.Module, classes: list[str], preprocessing: Preprocessing,
                      samples: list[Sample], device: torch.device, batch_size: int = 64, topk: int = 3,
                      temperature: float = 1.0, workers: int | None = None,
-                     hierarchy: Hierarchy | None = None) -> tuple[dict, Predictions]:
+                     hierarchy: Hierarchy | None = None, raw: Predictions | None = None) -> tuple[dict, Predictions]:
     """Metrics of ``samples``; a hierarchical model with its ``hierarchy`` adds ``coarse``
-    (coarse-head metrics), ``consistency``, ``coarse_top1_from_fine`` and ``both_top1``."""
+    (coarse-head metrics), ``consistency``, ``coarse_top1_from_fine`` and ``both_top1``.
+    ``raw``: the model's predictions of these samples at temperature 1, already computed."""
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted({s.label for s in samples} - set(index))
     if unknown:
         raise DatasetError(f"classes {unknown} are not among the model's {len(classes)} classes")
-    predictions = predict_samples(model, preprocessing, [s.path for s in samples], device, batch_size, temperature,
-                                  workers, targets=[index[s.label] for s in samples])
+    if raw is None:
+        raw = predict_samples(model, preprocessing, [s.path for s in samples], device, batch_size, 1.0, workers,
+                              targets=[index[s.label] for s in samples])
+    predictions = at_temperature(raw, temperature)
     if not len(predictions.targets):
         raise DatasetError("no image of the split could be decoded")
     metrics = classification_metrics(predictions.targets, predictions.probs, classes, topk=topk)
@@ -71,6 +75,17 @@ def evaluate_samples(model: torch.nn.Module, classes: list[str], preprocessing: 
     metrics["loss"] = predictions.loss
     metrics["skipped"] = [{"path": str(b.path), "reason": b.reason} for b in predictions.bad]
     return metrics, predictions
+
+
+def at_temperature(raw: Predictions, temperature: float) -> Predictions:
+    """Predictions made at temperature 1, rescaled: probabilities, loss and stored logits."""
+    if temperature == 1.0 or raw.logits is None or not len(raw.targets):
+        return raw
+    logits = torch.from_numpy(raw.logits).double() / temperature
+    known = torch.from_numpy(raw.targets >= 0)
+    loss = (torch.nn.functional.cross_entropy(logits[known], torch.from_numpy(raw.targets[known])).item()
+            if known.any() else float("nan"))
+    return dataclasses.replace(raw, probs=logits.softmax(1).numpy(), logits=logits.float().numpy(), loss=loss)
 
 
 def predict_samples(model: torch.nn.Module, preprocessing: Preprocessing, paths: list[Path], device: torch.device,

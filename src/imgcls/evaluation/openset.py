@@ -165,7 +165,7 @@ def fit_on_validation(classifier, score: str, keep: float, batch_size: int = 64,
     _, samples = load_split(None, classifier.config, "val")
     _, predictions = evaluate_samples(classifier.model, classifier.classes, classifier.preprocessing, samples,
                                       classifier.device, batch_size=batch_size, temperature=classifier.temperature,
-                                      workers=workers)
+                                      workers=workers, raw=classifier.remembered(samples))
     scores = known_scores(predictions.logits, score)
     threshold = fit_threshold(scores, keep)
     return {"unknown_threshold": threshold, "unknown_score": score, "unknown_temperature": classifier.temperature,

@@ -16,7 +16,7 @@ import numpy as np
 
 from imgcls.data.doctor.groups import HELD_OUT, Finding, flag_leak
 from imgcls.data.doctor.scan import FileRecord
-from imgcls.runtime import log, progress
+from imgcls.runtime import log, memory_format_for, progress
 
 
 @dataclass
@@ -43,7 +43,8 @@ def embed(records: list[FileRecord], backbone: str = "efficientnet_lite0", pretr
         torch.manual_seed(0)  # a randomly initialised backbone (tests) gives the same findings every run
         model, preprocessing = build_model(ModelConfig(name=backbone, pretrained=pretrained),
                                            DataConfig(image_size=image_size), num_classes=1)
-    net = model.backbone.eval().to(select_device(device))
+    target = select_device(device)
+    net = model.backbone.eval().to(target, memory_format=memory_format_for(target))
     dataset = ImageDataset([r.path for r in usable], None, eval_transform(preprocessing),
                            draft_size=preprocessing.resize_size)
     loader = make_loader(dataset, batch_size, train=False, workers=workers)
