@@ -31,7 +31,7 @@ def test_cached_features_train_the_same_head(flat_dataset, tmp_path):
 
 def test_augmented_feature_views_and_finetune_phase(flat_dataset, tmp_path):
     result, checkpoint = _head_run(flat_dataset, tmp_path, "views", augment="default", feature_views=2,
-                                   epochs=3, head_epochs=2)
+                                   epochs=3, head_epochs=2, finetune="always")
     assert [r["phase"] for r in checkpoint["history"]] == ["head", "head", "finetune"]
     log = (result.run_dir / "train.log").read_text()
     assert "x 2 view(s)" in log

@@ -63,8 +63,12 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _opt(6, "total epochs, including the head-only phase")
-    head_epochs: int = _opt(2, "first phase: epochs with the whole backbone frozen (0 = single phase)")
+    epochs: int = _opt(12, "total epochs, including the head-only phase")
+    head_epochs: int | None = _opt(None, "first phase: epochs with the whole backbone frozen (0 = single phase; "
+                                         "default: 8 for a pretrained backbone, 0 for one trained from scratch)")
+    finetune: str = _opt("auto", "after the head phase: always | never | auto (fine-tune only when the frozen "
+                                 "features underfit: the head's clean train top-1 is below --finetune-below)")
+    finetune_below: float = _opt(0.95, "--finetune auto: fine-tune when the head's clean train top-1 is below this")
     optimizer: str = _opt("adamw", "adamw | adam | sgd")
     lr: float = _opt(1e-3, "learning rate of the head")
     backbone_lr: float | None = _opt(None, "learning rate of the backbone (default: lr / 10)")
@@ -101,7 +105,7 @@ class TrainConfig:
     devices: int = _opt(1, "processes (GPUs) to train on; >1 launches torchrun with DDP")
     accumulate: int = _opt(1, "gradient accumulation: micro-batches per optimiser step")
     sync_bn: bool = _opt(False, "synchronise BatchNorm statistics across DDP processes")
-    channels_last: bool = _opt(True, "channels_last memory format on CUDA")
+    channels_last: bool = _opt(True, "channels_last memory format (faster convolutions on CUDA and CPU)")
     compile: bool = _opt(False, "torch.compile the model (CUDA; slow first epoch)")
 
 

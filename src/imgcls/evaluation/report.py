@@ -167,7 +167,8 @@ def _summary(classifier: "Classifier", metrics: dict, checkpoint: dict, history:
          if counts else "dataset not readable any more"),
         ("model", f"{config.model.name} ({'pretrained' if config.model.pretrained else 'from scratch'}), "
                   f"head {config.model.head}, input {classifier.preprocessing.image_size} px"),
-        ("training", f"{len(history)} of {config.train.epochs} epochs ({config.train.head_epochs} head-only), "
+        ("training", f"{len(history)} of {config.train.epochs} epochs "
+                     f"({sum(row.get('phase') == 'head' for row in history)} head-only), "
                      f"{config.train.optimizer} lr {config.train.lr:g}, batch {config.data.batch_size}, "
                      f"freeze {config.model.freeze}"),
         ("best checkpoint", f"epoch {monitor.get('best_epoch', checkpoint.get('epoch'))}, "

@@ -33,6 +33,14 @@ class WeightsError(RuntimeError):
 CUSTOM_BACKBONES: dict[str, Callable[[str], tuple[nn.Module, dict]]] = {"cnn": create_cnn}
 
 
+def starts_pretrained(model_cfg) -> bool:
+    """Whether the backbone's first weights are learned ones (so frozen features mean something)."""
+    if model_cfg.weights:
+        return True
+    custom = model_cfg.name.partition(":")[0].strip().lower() in CUSTOM_BACKBONES
+    return model_cfg.pretrained and not custom
+
+
 def create_backbone(name: str, pretrained: bool, weights: str | None = None) -> tuple[nn.Module, dict]:
     """Return ``(backbone, data_config)``; the backbone outputs pooled features."""
     builder = CUSTOM_BACKBONES.get(name.partition(":")[0].strip().lower())

@@ -110,6 +110,19 @@ def train_head_epoch(trainer, features: FeatureSet, epoch: int, optimizer_step) 
 
 
 @torch.no_grad()
+def head_fit(trainer, features: FeatureSet) -> float:
+    """Top-1 of the head (in eval mode) on the cached train features: how well frozen
+    features separate the training classes, without dropout or augmentation noise."""
+    head = trainer.model.head
+    was_training = head.training
+    head.eval()
+    usable = (features.train_targets >= 0).nonzero().flatten()
+    logits = head(features.train[0, usable].to(trainer.device)).float()
+    head.train(was_training)
+    return (logits.argmax(1).cpu() == features.train_targets[usable]).float().mean().item() if len(usable) else 0.0
+
+
+@torch.no_grad()
 def predict_val(trainer, features: FeatureSet) -> Predictions:
     head = trainer.model.head
     head.eval()

@@ -31,12 +31,13 @@ from imgcls.data.sources import DatasetSplits, discover
 from imgcls.data.transforms import Preprocessing
 from imgcls.evaluation.hierarchy_metrics import hierarchy_epoch_metrics
 from imgcls.evaluation.inference import Predictions, predict_loader
+from imgcls.models.backbones import starts_pretrained
 from imgcls.models.classifier import apply_freeze, build_model, parameter_counts, train_mode
-from imgcls.runtime import (amp_dtype, autocast, configure_cuda, configure_logging, log, progress, select_device,
-                            seed_everything)
+from imgcls.runtime import (amp_dtype, autocast, configure_cuda, configure_logging, log, memory_format_for, progress,
+                            select_device, seed_everything)
 from imgcls.training.callbacks import Monitor
 from imgcls.training.checkpoint import read_checkpoint, rng_state, save_checkpoint
-from imgcls.training.features import FeatureSet, extract_feature_set, predict_val, train_head_epoch
+from imgcls.training.features import FeatureSet, extract_feature_set, head_fit, predict_val, train_head_epoch
 from imgcls.training.logs import BadFileLog, MetricsLog
 from imgcls.training.losses import build_criterion
 from imgcls.training.mixing import build_mixer
@@ -72,14 +73,14 @@ class Trainer:
     ctx: DistContext = field(default_factory=DistContext)
     net: nn.Module | None = None  # what training calls: the model, DDP-wrapped and/or compiled
     features: FeatureSet | None = None  # cached backbone features while the backbone is frozen
+    head_fit: float | None = None  # the head's clean train top-1 after the head phase (--finetune auto)
     mixer: Callable | None = None  # MixUp/CutMix: (images, targets) -> (mixed images, soft targets)
     step: int = 0
     stop_requested: bool = False
 
     @property
     def memory_format(self) -> torch.memory_format:
-        use = self.config.train.channels_last and self.device.type == "cuda"
-        return torch.channels_last if use else torch.contiguous_format
+        return memory_format_for(self.device, self.config.train.channels_last)
 
 
 EpochCallback = Callable[[Trainer, dict], None]
@@ -99,6 +100,9 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
         log.info("resumed %s after epoch %d", run_dir, start_epoch)
 
     for epoch in range(start_epoch, config.train.epochs):
+        if epoch == head_epochs(config) > 0 and (reason := _skip_finetune(trainer, history)):
+            log.info("no fine-tuning: %s", reason)
+            break
         phase, previous = _set_phase(trainer, epoch), phase
         if phase != previous:
             _wrap(trainer)  # DDP must know which parameters train in this phase
@@ -138,6 +142,7 @@ def _run_epoch(trainer: Trainer, epoch: int) -> tuple[dict, Predictions]:
             trainer.features = extract_feature_set(trainer, trainer.config.train.feature_views, clean)
             trainer.bad_files.add(trainer.features.bad)
         stats = train_head_epoch(trainer, trainer.features, epoch, _optimizer_step)
+        trainer.head_fit = head_fit(trainer, trainer.features)
         return stats, predict_val(trainer, trainer.features)
     trainer.features = None  # stale as soon as the backbone trains
     return train_one_epoch(trainer, epoch), _predict(trainer, "val")
@@ -260,9 +265,45 @@ def _wrap(trainer: Trainer) -> None:
     trainer.net = net
 
 
+FINETUNE_CHOICES = ("auto", "always", "never")
+DEFAULT_HEAD_EPOCHS = 8  # on cached features, eight head epochs cost about as much as one image pass
+
+
+def head_epochs(config: RunConfig) -> int:
+    """Length of the head-only phase; by default none for a backbone that starts from random
+    weights, whose features a head could not use."""
+    if config.train.head_epochs is not None:
+        return min(config.train.head_epochs, config.train.epochs)
+    return min(DEFAULT_HEAD_EPOCHS, config.train.epochs) if starts_pretrained(config.model) else 0
+
+
+def _skip_finetune(trainer: Trainer, history: list[dict]) -> str | None:
+    """Why the run ends after the head phase, or None to fine-tune.
+
+    ``auto`` is a bias/variance call: when a linear head already separates the training
+    images on frozen features (clean train top-1 near 1), the remaining val error is
+    variance, which a fine-tuned backbone adds to rather than removes, at ~10x the cost
+    per epoch; when the head underfits, the features lack something the task needs and
+    fine-tuning pays. Without cached features, the last head epoch's (augmented) train
+    accuracy stands in, which errs towards fine-tuning.
+    """
+    cfg = trainer.config.train
+    if cfg.finetune == "always":
+        return None
+    if cfg.finetune == "never":
+        return "--finetune never"
+    fit = trainer.head_fit if trainer.head_fit is not None else history[-1]["train_acc"]
+    if fit < cfg.finetune_below:
+        log.info("fine-tuning: the head underfits the frozen features (train top-1 %.3f < --finetune-below %g)",
+                 fit, cfg.finetune_below)
+        return None
+    return (f"the head already fits the frozen features (train top-1 {fit:.3f} >= --finetune-below "
+            f"{cfg.finetune_below:g}); --finetune always overrides")
+
+
 def _set_phase(trainer: Trainer, epoch: int) -> str:
     """Two-phase fine-tuning: the head alone first, then what ``--freeze`` leaves trainable."""
-    if epoch < trainer.config.train.head_epochs:
+    if epoch < head_epochs(trainer.config):
         apply_freeze(trainer.model, "backbone")
         return "head"
     apply_freeze(trainer.model, trainer.config.model.freeze)
@@ -316,6 +357,7 @@ def _save(trainer: Trainer, monitor: Monitor, history: list[dict], path: Path, e
         rng=rng_state(),
         temperature=1.0,
         hierarchy=trainer.config.data.hierarchy_map,  # fine -> coarse (also in config.data)
+        head_fit=trainer.head_fit,
     )
 
 
@@ -326,6 +368,7 @@ def _restore(trainer: Trainer, monitor: Monitor, checkpoint: dict) -> tuple[int,
         trainer.scheduler.load_state_dict(checkpoint["scheduler"])
     trainer.scaler.load_state_dict(checkpoint["scaler"])
     trainer.step = checkpoint["step"]
+    trainer.head_fit = checkpoint.get("head_fit")
     monitor.load_state_dict(checkpoint["monitor"])
     monitor.patience = trainer.config.train.early_stopping
     return checkpoint["epoch"], list(checkpoint["history"])
@@ -355,6 +398,8 @@ def _build(config: RunConfig, run_dir: Path, checkpoint: dict | None, ctx: DistC
     configure_cuda()
     amp = amp_dtype(device, config.train.amp)
     seed_everything(config.train.seed)
+    if config.train.finetune not in FINETUNE_CHOICES:
+        raise ValueError(f"--finetune {config.train.finetune!r}: choose one of {', '.join(FINETUNE_CHOICES)}")
     d = config.data
     data = discover(d.path, d.train_dirs, d.val_dir, d.val_fraction, d.split_seed, nested=is_nested(d.hierarchy))
     if attach_hierarchy(d, data) is not None and ctx.is_main:
@@ -362,8 +407,7 @@ def _build(config: RunConfig, run_dir: Path, checkpoint: dict | None, ctx: DistC
     model, preprocessing = build_model(config.model, d, len(data.classes), load_weights=checkpoint is None)
     if ctx.enabled and config.train.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    memory_format = torch.channels_last if config.train.channels_last and device.type == "cuda" else None
-    model.to(device, memory_format=memory_format) if memory_format else model.to(device)
+    model.to(device, memory_format=memory_format_for(device, config.train.channels_last))
     loaders = _make_loaders(data, preprocessing, config, ctx)
     optimizer = create_optimizer(model, config.train)
     _describe(config, data, model, device, run_dir, ctx)
@@ -374,7 +418,8 @@ def _build(config: RunConfig, run_dir: Path, checkpoint: dict | None, ctx: DistC
         preprocessing=preprocessing,
         loaders=loaders,
         optimizer=optimizer,
-        scheduler=create_scheduler(optimizer, config.train, len(loaders["train"]) // config.train.accumulate),
+        scheduler=create_scheduler(optimizer, config.train, len(loaders["train"]) // config.train.accumulate,
+                                   head_epochs(config)),
         scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
         device=device,
         amp=amp,

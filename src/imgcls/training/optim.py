@@ -44,17 +44,30 @@ def create_optimizer(model: ImageClassifier, cfg: TrainConfig):
                                **extra)
 
 
-def create_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """A timm scheduler stepped per update (cosine) or per epoch (plateau); None for 'none'."""
+def create_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int, head_epochs: int = 0):
+    """A timm scheduler stepped per update (cosine) or per epoch (plateau); None for 'none'.
+
+    With a head phase, the cosine restarts when fine-tuning begins (as Keras users
+    recompile for phase two): one long cosine would leave the backbone only the tail of the
+    schedule, at a fraction of ``--backbone-lr``.
+    """
     if cfg.scheduler not in SCHEDULERS:
         raise ValueError(f"--scheduler {cfg.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     if cfg.scheduler == "none":
         return None
+    if cfg.scheduler == "cosine" and 0 < head_epochs < cfg.epochs:
+        return PhasedScheduler([_timm_scheduler(optimizer, cfg, steps_per_epoch, head_epochs),
+                                _timm_scheduler(optimizer, cfg, steps_per_epoch, cfg.epochs - head_epochs)],
+                               head_epochs * steps_per_epoch)
+    return _timm_scheduler(optimizer, cfg, steps_per_epoch, cfg.epochs)
+
+
+def _timm_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int, epochs: int):
     mode = "min" if "loss" in cfg.monitor else "max"
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.scheduler,
-        num_epochs=cfg.epochs,
+        num_epochs=epochs,
         warmup_epochs=cfg.warmup_epochs,
         warmup_lr=cfg.lr * 0.01,
         min_lr=0.0,
@@ -65,3 +78,26 @@ def create_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
         updates_per_epoch=steps_per_epoch,
     )
     return scheduler
+
+
+class PhasedScheduler:
+    """Two timm schedules back to back: the first for ``boundary`` updates, then the second
+    from its own start. timm's schedules are functions of the update count, so the state to
+    save is only that count, which the training loop keeps."""
+
+    def __init__(self, phases: list, boundary: int):
+        self.phases, self.boundary = phases, boundary
+        self.step_update(0)
+
+    def step_update(self, num_updates: int) -> None:
+        if num_updates < self.boundary:
+            self.phases[0].step_update(num_updates)
+        else:
+            self.phases[1].step_update(num_updates - self.boundary)
+
+    def state_dict(self) -> dict:
+        return {"phases": [phase.state_dict() for phase in self.phases], "boundary": self.boundary}
+
+    def load_state_dict(self, state: dict) -> None:
+        for phase, saved in zip(self.phases, state["phases"]):
+            phase.load_state_dict(saved)
