@@ -68,11 +68,15 @@ def measure_input(kind: str, root: str, size: int, limit: int) -> dict:
 
 
 def _drain(loader, limit: int) -> int:
+    import torch
+
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(1)
     seen = 0
     for batch in loader:
-        images = batch.images if hasattr(batch, "images") else batch[0]
+        # imgcls batches may still be uint8: finishing them (jitter, normalisation) is part
+        # of the input pipeline's cost, paid here in the main process as training would.
+        images = batch.model_input(torch.device("cpu")) if hasattr(batch, "model_input") else batch[0]
         seen += len(images)
         if seen >= limit:
             break
@@ -119,12 +123,19 @@ def measure_finetune(kind: str, steps: int = 12) -> dict:
     from imgcls.training import loop
 
     rates = []
+    train_one_epoch = loop.train_one_epoch
+
+    def timed(trainer, epoch):  # the training pass alone, as in the plain loop (no validation)
+        started = time.perf_counter()
+        stats = train_one_epoch(trainer, epoch)
+        rates.append(len(trainer.loaders["train"].dataset) / (time.perf_counter() - started))
+        return stats
+
+    loop.train_one_epoch = timed
     config = imgcls.make_config(HYMENOPTERA, out_dir=tempfile.mkdtemp(), epochs=2, head_epochs=0, workers=WORKERS,
-                                pretrained=False, cache="ram")
-    loop.train(config, callbacks=[lambda trainer, row: rates.append(len(trainer.loaders["train"]) *
-                                                                     trainer.loaders["train"].batch_size
-                                                                     / row["seconds"])])
-    return {"images_per_s": rates[-1], "note": "epoch incl. validation"}
+                                pretrained=False, cache="ram", report=False)
+    loop.train(config)
+    return {"images_per_s": rates[-1], "note": "second epoch, training pass"}
 
 
 def _cycle(loader, count):

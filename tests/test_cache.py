@@ -34,7 +34,9 @@ def test_cached_eval_pixels_equal_uncached(tmp_path):
         assert torch.equal(crop, torch.round(expected * 255).to(torch.uint8)), i
     batch = CachedCollate(PRE)([cached[i] for i in range(6)])
     reference = collate([plain[i] for i in range(6)])
-    assert torch.allclose(batch.images, reference.images, atol=1e-5)
+    assert batch.images.dtype == torch.uint8  # finished on the device, by model_input
+    cpu = torch.device("cpu")
+    assert torch.allclose(batch.model_input(cpu), reference.model_input(cpu), atol=1e-5)
 
 
 def test_changed_file_invalidates_the_disk_cache(tmp_path):
@@ -91,3 +93,20 @@ def test_batched_colour_jitter_matches_torchvision():
         x = F.adjust_contrast(x, factors[i, 1].item())
         x = F.adjust_saturation(x, factors[i, 2].item())
         assert torch.allclose(ours[i], x, atol=1e-5), i
+
+
+def test_uncached_default_preset_crops_uint8_and_finishes_like_the_cache(tmp_path):
+    from imgcls.data.cached_dataset import DecodedTrainDataset, make_dataset
+
+    paths = _photos(tmp_path)
+    dataset, collate_fn = make_dataset(paths, [0] * 6, PRE, train=True, cache="none")
+    assert isinstance(dataset, DecodedTrainDataset)
+    a, b, c = dataset[(2, 5)], dataset[(2, 5)], dataset[(2, 6)]
+    assert a[0].dtype == torch.uint8 and a[0].shape == (3, PRE.image_size, PRE.image_size)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[3], b[3])  # seeded: same sample, same crop
+    assert not (torch.equal(a[0], c[0]) and torch.equal(a[3], c[3]))
+    batch = collate_fn([dataset[(i, i)] for i in range(6)])
+    images = batch.model_input(torch.device("cpu"))
+    low = (0 - max(PRE.mean)) / min(PRE.std)
+    high = (1 - min(PRE.mean)) / min(PRE.std)
+    assert images.dtype == torch.float32 and images.min() >= low - 1e-5 and images.max() <= high + 1e-5

@@ -21,10 +21,13 @@ class BadFile:
 
 @dataclass
 class Batch:
-    images: torch.Tensor
+    images: torch.Tensor  # normalised float, or uint8 still to be finished (see model_input)
     targets: torch.Tensor
     indices: torch.Tensor  # positions in the dataset, to map outputs back to files
     bad: list[BadFile]
+    # uint8 batches: per-image colour-jitter factors (or None) and the normalisation
+    factors: torch.Tensor | None = None
+    norm: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -33,6 +36,17 @@ class Batch:
         self.images = self.images.pin_memory()
         self.targets = self.targets.pin_memory()
         return self
+
+    def model_input(self, device: torch.device, memory_format=torch.contiguous_format) -> torch.Tensor:
+        """The images as the model takes them, on ``device``. uint8 batches cross to the
+        device (and between processes) at a quarter of the bytes and are jittered and
+        normalised there: on the GPU when there is one."""
+        images = self.images.to(device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            from imgcls.data.cached_dataset import finish_batch
+
+            images = finish_batch(images, self.factors, *self.norm)
+        return images.contiguous(memory_format=memory_format)
 
 
 class ImageDataset(Dataset):
@@ -64,10 +78,14 @@ class ImageDataset(Dataset):
         except OSError as err:  # vanished or unreadable on disk
             return BadFile(path, f"cannot read: {err.strerror or err}", index)
         if seed is None:
-            return self.transform(image), self.targets[index], index
+            return self.sample(image, index)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.transform(image), self.targets[index], index
+            torch.default_generator.manual_seed(seed)  # CPU only: no CUDA lazy-seed bookkeeping
+            return self.sample(image, index)
+
+    def sample(self, image, index: int) -> tuple:
+        """What one decoded image becomes: ``(tensor, target, index)``."""
+        return self.transform(image), self.targets[index], index
 
 
 def collate(items: list) -> Batch:

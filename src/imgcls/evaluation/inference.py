@@ -35,7 +35,7 @@ def predict_loader(model: torch.nn.Module, loader: DataLoader, device: torch.dev
         if not len(batch):
             continue
         with autocast(device, amp):
-            logits = model(batch.images.to(device, non_blocking=True), **({"levels": True} if levels else {}))
+            logits = model(batch.model_input(device), **({"levels": True} if levels else {}))
         if levels:
             coarse_logits, logits = logits
             coarse.append(coarse_logits.float().softmax(dim=1).cpu().numpy().astype(np.float64))

@@ -41,7 +41,7 @@ def _extract(backbone: nn.Module, loader, device, amp, size: int, desc: str) -> 
         if not len(batch):
             continue
         with autocast(device, amp):
-            out = backbone(batch.images.to(device, non_blocking=True)).float().cpu()
+            out = backbone(batch.model_input(device)).float().cpu()
         if features is None:
             features = torch.zeros(size, out.shape[1])
         features[batch.indices] = out

@@ -216,13 +216,13 @@ def _batch_tensors(trainer: Trainer, batch) -> tuple:
     zero-weighted stand-in instead of hanging the others.
     """
     if len(batch) >= 2:
-        images, targets, weight = batch.images, batch.targets, 1.0
+        images, targets, weight = batch.model_input(trainer.device, trainer.memory_format), batch.targets, 1.0
     elif trainer.ctx.enabled:
         size = trainer.preprocessing.image_size
         images, targets, weight = torch.zeros(2, 3, size, size), torch.zeros(2, dtype=torch.long), 0.0
+        images = images.to(trainer.device).contiguous(memory_format=trainer.memory_format)
     else:
         return None, None, 0.0
-    images = images.to(trainer.device, non_blocking=True).contiguous(memory_format=trainer.memory_format)
     return images, targets.to(trainer.device, non_blocking=True), weight
 
 
