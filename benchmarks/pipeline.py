@@ -166,6 +166,7 @@ def plain_finetune(started: float) -> dict:
 
     from imgcls.models.backbones import create_backbone
 
+    torch.manual_seed(0)  # the same seed as imgcls's default, for a like-for-like comparison
     backbone, _ = create_backbone("efficientnet_lite0", pretrained=True)
     model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.num_features, 2))
     norm = transforms.Normalize([0.5] * 3, [0.5] * 3)
