@@ -35,3 +35,22 @@ def test_augmented_feature_views_and_finetune_phase(flat_dataset, tmp_path):
     assert [r["phase"] for r in checkpoint["history"]] == ["head", "head", "finetune"]
     log = (result.run_dir / "train.log").read_text()
     assert "x 2 view(s)" in log
+
+
+def test_evaluation_after_training_reuses_the_best_epochs_val_predictions(flat_dataset, tmp_path, monkeypatch):
+    # The metrics written at the end of training come from the best epoch's val predictions
+    # (no second pass over the images); a fresh evaluation of best.pt must agree with them.
+    from imgcls.evaluation import evaluate
+
+    passes = []
+    original = evaluate.predict_samples
+    monkeypatch.setattr(evaluate, "predict_samples", lambda *a, **k: passes.append(1) or original(*a, **k))
+    settings = dict(FAST, epochs=2, head_epochs=2, augment="none", lr=0.05, out_dir=str(tmp_path), name="reuse",
+                    report=False)
+    result = imgcls.train(flat_dataset, **settings)
+    assert passes == []  # calibration and evaluation ran on the remembered predictions
+    assert result.best_val is not None and len(result.best_val.indices) == len(result.val_paths)
+    fresh = imgcls.load(result.best_checkpoint, device="cpu").evaluate(None, split="val", out_dir=tmp_path / "ev")
+    reused = result.metrics["val"]
+    assert reused["top1"] == fresh["top1"] and reused["n"] == fresh["n"]
+    assert abs(reused["loss"] - fresh["loss"]) < 1e-4

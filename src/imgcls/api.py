@@ -40,6 +40,7 @@ def train(data: str | Path | None = None, *, config: RunConfig | str | Path | No
         openset.fit_unknown_threshold(Classifier.load(result.best_checkpoint), run_config)
     if evaluate and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 evaluates alone
         classifier = Classifier.load(result.best_checkpoint)
+        _reuse_val_predictions(classifier, result)
         calibrate_classifier(classifier)  # temperature scaling on val, stored in best.pt
         openset.fit_unknown_threshold(classifier, run_config)  # --unknown-threshold: after T, on the same scores
         splits = [split for split in ("val", "test") if split in result.splits]
@@ -50,6 +51,23 @@ def train(data: str | Path | None = None, *, config: RunConfig | str | Path | No
             log.info("%s: top-1 %.4f  macro-F1 %.4f  (%s)", split, result.metrics[split]["top1"],
                      result.metrics[split]["f1_macro"], result.metrics[split]["files"]["json"])
     return result
+
+
+def _reuse_val_predictions(classifier: Classifier, result: TrainResult) -> None:
+    """Hand the best epoch's val predictions to the evaluation that follows, when they cover
+    exactly the split it will read (same files, same order, every image decoded)."""
+    from imgcls.data.sources import DatasetError
+    from imgcls.evaluation.evaluate import load_split
+
+    best = result.best_val
+    if best is None or best.logits is None or len(best.indices) != len(result.val_paths):
+        return
+    try:
+        _, samples = load_split(None, classifier.config, "val")
+    except (DatasetError, OSError):
+        return
+    if [str(s.path) for s in samples] == [str(p) for p in result.val_paths]:
+        classifier.remember(samples, best)
 
 
 def load(path: str | Path, device: str = "auto") -> Classifier:

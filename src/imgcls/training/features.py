@@ -130,4 +130,5 @@ def predict_val(trainer, features: FeatureSet) -> Predictions:
     targets = features.val_targets.to(trainer.device)
     loss = nn.functional.cross_entropy(logits, targets).item() if len(targets) else float("nan")
     return Predictions(probs=logits.softmax(1).cpu().numpy().astype(np.float64),
-                       targets=features.val_targets.numpy(), indices=features.val_indices, loss=loss)
+                       targets=features.val_targets.numpy(), indices=features.val_indices, loss=loss,
+                       logits=logits.cpu().numpy())

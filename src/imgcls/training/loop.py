@@ -52,6 +52,10 @@ class TrainResult:
     splits: list[str] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)  # full metrics of the best model per split
+    # The best epoch's val predictions (one process): evaluation after training reuses them
+    # instead of running the same model over the same images again.
+    best_val: Predictions | None = None
+    val_paths: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -92,7 +96,7 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
     trainer = _build(config, run_dir, checkpoint, ctx, cuda_device)
     monitor = Monitor(config.train.monitor, config.train.early_stopping)
     metrics_log = MetricsLog(run_dir) if ctx.is_main else None
-    start_epoch, history, phase = 0, [], None
+    start_epoch, history, phase, best_val = 0, [], None, None
     if checkpoint is not None:
         start_epoch, history = _restore(trainer, monitor, checkpoint)
         if metrics_log:
@@ -120,6 +124,7 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
             _save(trainer, monitor, history, run_dir / "last.pt", epoch + 1)
             if improved:
                 _save(trainer, monitor, history, run_dir / "best.pt", epoch + 1)
+                best_val = val if not ctx.enabled else None
         for callback in callbacks:
             callback(trainer, row)
         if monitor.should_stop:
@@ -131,7 +136,8 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
         metrics_log.close()
     distributed.shutdown()
     best = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
-    return TrainResult(run_dir=run_dir, best_checkpoint=best, splits=list(trainer.data.splits), history=history)
+    return TrainResult(run_dir=run_dir, best_checkpoint=best, splits=list(trainer.data.splits), history=history,
+                       best_val=best_val, val_paths=[s.path for s in trainer.data.splits.get("val", [])])
 
 
 def _run_epoch(trainer: Trainer, epoch: int) -> tuple[dict, Predictions]:
