@@ -74,3 +74,16 @@ def test_cosine_restarts_when_fine_tuning_begins():
     state = scheduler.state_dict()
     scheduler.load_state_dict(state)
     assert create_scheduler(optimizer, cfg, 10, head_epochs=0).__class__.__name__ == "CosineLRScheduler"
+
+
+def test_backbone_learning_rate_defaults_to_a_tenth_only_when_pretrained():
+    model, _ = build_model(ModelConfig(name="test_efficientnet", pretrained=False), DataConfig(), 3)
+    cfg = TrainConfig(lr=1e-2)
+
+    def rates(**kw):
+        return {g["part"]: g["lr"] for g in create_optimizer(model, cfg, **kw).param_groups}
+
+    assert rates() == {"backbone": pytest.approx(1e-3), "head": pytest.approx(1e-2)}
+    assert rates(from_scratch=True) == {"backbone": pytest.approx(1e-2), "head": pytest.approx(1e-2)}
+    cfg.backbone_lr = 5e-4
+    assert rates(from_scratch=True)["backbone"] == pytest.approx(5e-4)  # an explicit rate always wins

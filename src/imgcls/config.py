@@ -71,7 +71,8 @@ class TrainConfig:
     finetune_below: float = _opt(0.95, "--finetune auto: fine-tune when the head's clean train top-1 is below this")
     optimizer: str = _opt("adamw", "adamw | adam | sgd")
     lr: float = _opt(1e-3, "learning rate of the head")
-    backbone_lr: float | None = _opt(None, "learning rate of the backbone (default: lr / 10)")
+    backbone_lr: float | None = _opt(None, "learning rate of the backbone (default: lr / 10 for a pretrained "
+                                                         "backbone, lr from scratch)")
     weight_decay: float = _opt(0.01, "decoupled weight decay (not applied to biases and norms)")
     momentum: float = _opt(0.9, "SGD momentum")
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss")

@@ -415,7 +415,7 @@ def _build(config: RunConfig, run_dir: Path, checkpoint: dict | None, ctx: DistC
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=memory_format_for(device, config.train.channels_last))
     loaders = _make_loaders(data, preprocessing, config, ctx)
-    optimizer = create_optimizer(model, config.train)
+    optimizer = create_optimizer(model, config.train, from_scratch=not starts_pretrained(config.model))
     _describe(config, data, model, device, run_dir, ctx)
     return Trainer(
         config=config,
