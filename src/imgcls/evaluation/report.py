@@ -167,8 +167,7 @@ def _summary(classifier: "Classifier", metrics: dict, checkpoint: dict, history:
          if counts else "dataset not readable any more"),
         ("model", f"{config.model.name} ({'pretrained' if config.model.pretrained else 'from scratch'}), "
                   f"head {config.model.head}, input {classifier.preprocessing.image_size} px"),
-        ("training", f"{len(history)} of {config.train.epochs} epochs "
-                     f"({sum(row.get('phase') == 'head' for row in history)} head-only), "
+        ("training", f"{_epochs_summary(history, config)}, "
                      f"{config.train.optimizer} lr {config.train.lr:g}, batch {config.data.batch_size}, "
                      f"freeze {config.model.freeze}"),
         ("best checkpoint", f"epoch {monitor.get('best_epoch', checkpoint.get('epoch'))}, "
@@ -182,6 +181,13 @@ def _summary(classifier: "Classifier", metrics: dict, checkpoint: dict, history:
                                            f"{hardware['cpu_cores']} cores; torch {hardware['torch']}, "
                                            f"Python {hardware['python']}"))
     return {"rows": rows, "counts": counts}
+
+
+def _epochs_summary(history: list[dict], config) -> str:
+    head = sum(row.get("phase") == "head" for row in history)
+    if history and head == len(history) < config.train.epochs:
+        return f"{head} head-only epochs, no fine-tuning (--finetune {config.train.finetune})"
+    return f"{len(history)} of {config.train.epochs} epochs ({head} head-only)"
 
 
 def _fmt(value: Any) -> str:

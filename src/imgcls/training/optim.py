@@ -93,7 +93,9 @@ class PhasedScheduler:
         self.step_update(0)
 
     def step_update(self, num_updates: int) -> None:
-        if num_updates < self.boundary:
+        # The update that ends the first phase still belongs to it, so the last head epoch
+        # logs the rate it ended with, not the next phase's starting rate.
+        if num_updates <= self.boundary:
             self.phases[0].step_update(num_updates)
         else:
             self.phases[1].step_update(num_updates - self.boundary)
