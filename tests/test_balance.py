@@ -114,3 +114,13 @@ def test_training_with_balance_records_it(imbalanced_dataset, tmp_path):
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert saved["train"]["balance"] == "sampler"
     assert main(["train", str(imbalanced_dataset), "--balance", "median", "--out-dir", str(tmp_path / "r")]) == 2
+
+
+@pytest.mark.parametrize("mode", ["oversample", "undersample"])
+def test_resampled_lists_reach_the_feature_cache_row_for_row(imbalanced_dataset, tmp_path, mode):
+    # Head epochs on cached features must train on the resampled list, not the original one.
+    result = imgcls.train(imbalanced_dataset, out_dir=str(tmp_path / "runs"), name=mode, evaluate=False,
+                          balance=mode, **dict(FAST, epochs=1, head_epochs=1))
+    log = (result.run_dir / "train.log").read_text()
+    size = {"oversample": 36, "undersample": 12}[mode]  # 3 classes x the largest / smallest class
+    assert f"feature cache: {size} train x 1 view(s)" in log

@@ -68,6 +68,8 @@ class TrainConfig:
                                          "default: 8 for a pretrained backbone, 0 for one trained from scratch)")
     finetune: str = _opt("auto", "after the head phase: always | never | auto (fine-tune only when the frozen "
                                  "features underfit: the head's clean train top-1 is below --finetune-below)")
+    bn_eval: bool = _opt(True, "fine-tuning a pretrained backbone: its BatchNorm layers keep their pretrained "
+                               "statistics (Keras's advice; batch statistics of a new domain wreck the features)")
     finetune_below: float = _opt(0.95, "--finetune auto: fine-tune when the head's clean train top-1 is below this")
     optimizer: str = _opt("adamw", "adamw | adam | sgd")
     lr: float = _opt(1e-3, "learning rate of the head")

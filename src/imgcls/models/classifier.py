@@ -110,16 +110,23 @@ def apply_freeze(model: ImageClassifier, spec: str) -> None:
         param.requires_grad_(True)
 
 
-def train_mode(model: nn.Module) -> None:
+def train_mode(model: nn.Module, backbone_bn_eval: bool = False) -> None:
     """``model.train()``, but frozen BatchNorm layers keep their running statistics.
 
     A frozen layer whose statistics still move is not frozen: Keras' ``trainable=False``
     semantics, which the two-phase recipes of seeds 001 and 003 depend on.
+    ``backbone_bn_eval``: every backbone BatchNorm normalises with its running statistics
+    (its scale and shift still train), as Keras advises when fine-tuning a pretrained base.
     """
     model.train()
+    backbone = getattr(model, "backbone", None)
     for module in model.modules():
         if isinstance(module, _BatchNorm) and module.weight is not None and not module.weight.requires_grad:
             module.eval()
+    if backbone_bn_eval and backbone is not None:
+        for module in backbone.modules():
+            if isinstance(module, _BatchNorm):
+                module.eval()
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

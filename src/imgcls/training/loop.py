@@ -164,10 +164,11 @@ def _features_apply(trainer: Trainer) -> bool:
 
 
 def _clean_train_dataset(trainer: Trainer):
-    """The train images under the eval transform (the single 'clean' feature view)."""
-    d, split = trainer.config.data, trainer.data.splits["train"]
-    dataset, _ = make_dataset([s.path for s in split], trainer.data.targets("train"), trainer.preprocessing,
-                              False, d.cache, workers=default_workers() if d.workers is None else d.workers,
+    """The train images under the eval transform (the single 'clean' feature view): the
+    train loader's own list, so --balance over/undersampling carries over, row for row."""
+    d, train = trainer.config.data, trainer.loaders["train"].dataset
+    dataset, _ = make_dataset(train.paths, train.targets, trainer.preprocessing, False, d.cache,
+                              workers=default_workers() if d.workers is None else d.workers,
                               cache_dir=Path(d.cache_dir) if d.cache_dir else None)
     return dataset
 
@@ -176,7 +177,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
     model, cfg, accumulate = trainer.model, trainer.config.train, trainer.config.train.accumulate
     loader = trainer.loaders["train"]
     loader.sampler.set_epoch(epoch)
-    train_mode(model)
+    train_mode(model, backbone_bn_eval=cfg.bn_eval and starts_pretrained(trainer.config.model))
     usable = len(loader) - len(loader) % accumulate  # an unfinished accumulation is dropped
     loss_sum, correct, seen = 0.0, 0, 0
     trainer.optimizer.zero_grad(set_to_none=True)
