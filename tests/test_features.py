@@ -54,3 +54,16 @@ def test_evaluation_after_training_reuses_the_best_epochs_val_predictions(flat_d
     reused = result.metrics["val"]
     assert reused["top1"] == fresh["top1"] and reused["n"] == fresh["n"]
     assert abs(reused["loss"] - fresh["loss"]) < 1e-4
+
+
+def test_chunked_cpu_inference_matches_one_pass():
+    from imgcls.models.classifier import build_model
+    from imgcls.config import DataConfig, ModelConfig
+    from imgcls.runtime import CPU_INFERENCE_CHUNK, infer
+
+    torch.manual_seed(0)
+    model, _ = build_model(ModelConfig(name="test_efficientnet", pretrained=False), DataConfig(), 3)
+    model.eval()
+    images = torch.randn(3 * CPU_INFERENCE_CHUNK + 1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(infer(model, images), model(images), atol=1e-5)

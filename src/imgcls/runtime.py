@@ -15,6 +15,23 @@ from tqdm import tqdm
 log = logging.getLogger("imgcls")
 
 
+# On CPU a forward pass over a few images at a time keeps the activations in cache:
+# efficientnet_lite0 at 224 ran 80 img/s in chunks of 8 against 40 at batch 32 (2 cores).
+CPU_INFERENCE_CHUNK = 8
+
+
+def infer(model, images: torch.Tensor, **kwargs):
+    """``model(images)`` for inference, in chunks on CPU (same outputs: eval mode has no
+    batch statistics); outputs may be a tensor or a tuple of tensors."""
+    small = len(images) <= CPU_INFERENCE_CHUNK
+    if images.device.type != "cpu" or small or not getattr(model, "chunked_inference", True):
+        return model(images, **kwargs)
+    outputs = [model(part, **kwargs) for part in images.split(CPU_INFERENCE_CHUNK)]
+    if isinstance(outputs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outputs))
+    return torch.cat(outputs)
+
+
 def memory_format_for(device: torch.device, enabled: bool = True) -> torch.memory_format:
     """channels_last wherever convolutions run faster in it: on CUDA (tensor cores) and on
     CPU too, where oneDNN's NHWC kernels trained efficientnet_lite0 1.9x and resnet18 1.2x

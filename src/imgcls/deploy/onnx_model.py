@@ -71,6 +71,8 @@ class OnnxModule(nn.Module):
     ONNX model unchanged, so both paths produce the same outputs and files.
     """
 
+    chunked_inference = False  # ONNX Runtime is fastest on whole batches
+
     def __init__(self, session):
         super().__init__()
         self.session = session

@@ -19,7 +19,7 @@ from imgcls.data.transforms import eval_transform
 from imgcls.evaluation.evaluate import evaluate_samples, load_split, load_unknown, write_eval
 from imgcls.evaluation.inference import Predictions, predict_loader
 from imgcls.evaluation.openset import UNKNOWN_LABEL, UnknownRule, evaluate_unknown_images, known_rejection
-from imgcls.runtime import memory_format_for, select_device
+from imgcls.runtime import infer, memory_format_for, select_device
 from imgcls.training.checkpoint import model_from_checkpoint, read_checkpoint
 
 
@@ -74,7 +74,7 @@ class Classifier:
         which preprocesses each request itself and batches requests together)."""
         with torch.no_grad():
             self.model.eval()
-            logits = self.model(batch.to(self.device)).float() / self.temperature
+            logits = infer(self.model, batch.to(self.device)).float() / self.temperature
         return logits.softmax(1).cpu().numpy()
 
     def predict(self, images, topk: int = 3, batch_size: int = 32, workers: int | None = 0) -> list[dict]:

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from imgcls.data.dataset import BadFile
-from imgcls.runtime import autocast, progress
+from imgcls.runtime import autocast, infer, progress
 
 
 @dataclass
@@ -35,7 +35,7 @@ def predict_loader(model: torch.nn.Module, loader: DataLoader, device: torch.dev
         if not len(batch):
             continue
         with autocast(device, amp):
-            logits = model(batch.model_input(device), **({"levels": True} if levels else {}))
+            logits = infer(model, batch.model_input(device), **({"levels": True} if levels else {}))
         if levels:
             coarse_logits, logits = logits
             coarse.append(coarse_logits.float().softmax(dim=1).cpu().numpy().astype(np.float64))

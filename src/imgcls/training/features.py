@@ -19,7 +19,7 @@ from torch import nn
 
 from imgcls.data.loaders import make_loader
 from imgcls.evaluation.inference import Predictions
-from imgcls.runtime import autocast, log, progress
+from imgcls.runtime import autocast, infer, log, progress
 
 
 @dataclass
@@ -41,7 +41,7 @@ def _extract(backbone: nn.Module, loader, device, amp, size: int, desc: str) -> 
         if not len(batch):
             continue
         with autocast(device, amp):
-            out = backbone(batch.model_input(device)).float().cpu()
+            out = infer(backbone, batch.model_input(device)).float().cpu()
         if features is None:
             features = torch.zeros(size, out.shape[1])
         features[batch.indices] = out
