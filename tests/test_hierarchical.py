@@ -115,7 +115,7 @@ def test_head_sees_features_and_coarse_softmax_and_forward_returns_fine():
     model.eval()
     assert model.hierarchical
     images = torch.randn(2, 3, 32, 32)
-    coarse, fine = model.forward_levels(images)
+    coarse, fine = model(images, levels=True)
     assert coarse.shape == (2, 2) and fine.shape == (2, 3)
     assert torch.equal(model(images), fine)
     features = model.backbone.num_features

@@ -40,6 +40,16 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, **kwargs)
 
 
+def _add_split_args(parser: argparse.ArgumentParser, checkpoint_help: str, out_help: str) -> None:
+    """What ``eval`` and ``report`` share: a model, a dataset split, and where to write."""
+    parser.add_argument("checkpoint", help=checkpoint_help)
+    parser.add_argument("data", nargs="?", help="dataset (default: the run's own)")
+    parser.add_argument("--split", help="train | val | test | all (default: test if present, else val)")
+    parser.add_argument("--out", help=out_help)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgcls", description="Train, evaluate and use image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,12 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
 
     ev = sub.add_parser("eval", help="metrics of a checkpoint on a dataset split")
-    ev.add_argument("checkpoint", help="checkpoint file, run folder or exported .onnx file")
-    ev.add_argument("data", nargs="?", help="dataset (default: the run's own)")
-    ev.add_argument("--split", help="train | val | test | all (default: test if present, else val)")
-    ev.add_argument("--out", help="folder for eval.json and CSVs (default: <run>/eval-<split>)")
-    ev.add_argument("--batch-size", type=int, default=64)
-    ev.add_argument("--device", default="auto")
+    _add_split_args(ev, "checkpoint file, run folder or exported .onnx file",
+                    "folder for eval.json and CSVs (default: <run>/eval-<split>)")
     ev.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                     help="also write report.html beside eval.json (default: yes; not for .onnx files)")
     ev.add_argument("--unknown", metavar="DIR", help="out-of-distribution images for open-set AUROC / FPR@95%%TPR "
@@ -85,12 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="self-contained HTML report of a run: metrics, curves, calibration, "
                                        "hardest images with Grad-CAM, model size")
-    rp.add_argument("checkpoint", help="run folder or checkpoint file")
-    rp.add_argument("data", nargs="?", help="dataset (default: the run's own)")
-    rp.add_argument("--split", help="train | val | test | all (default: test if present, else val)")
-    rp.add_argument("--out", help="HTML file to write (default: <run>/report.html)")
-    rp.add_argument("--batch-size", type=int, default=64)
-    rp.add_argument("--device", default="auto")
+    _add_split_args(rp, "run folder or checkpoint file", "HTML file to write (default: <run>/report.html)")
 
     xp = sub.add_parser("explain", help="Grad-CAM overlays (PNG) for the top-k classes of images")
     xp.add_argument("checkpoint", help="checkpoint file or run folder")

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.transforms import RandomResizedCrop
 
-from imgcls.data.cache import PixelCache
+from imgcls.data.cache import PixelCache, build_cache
 from imgcls.data.dataset import Batch, BadFile, ImageDataset, collate
-from imgcls.data.transforms import DEFAULT_CROP_SCALE, DEFAULT_JITTER, Preprocessing, train_transform
+from imgcls.data.transforms import DEFAULT_CROP_SCALE, DEFAULT_JITTER, Preprocessing, eval_transform, train_transform
 
 _GRAY = torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)  # torchvision's luma weights
 
@@ -45,11 +45,11 @@ class CachedImageDataset(Dataset):
         if index in self.cache.bad:
             return BadFile(self.paths[index], self.cache.bad[index], index)
         image = torch.from_numpy(np.ascontiguousarray(self.cache.pixels[index])).permute(2, 0, 1)
+        if not self.train:  # deterministic: no generator to fork and seed
+            return _centre_crop(image, self.pre.image_size), self.targets[index], index
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.default_generator.manual_seed(seed)  # CPU only: no CUDA lazy-seed bookkeeping
-            if not self.train:
-                return _centre_crop(image, self.pre.image_size), self.targets[index], index
             if self.slow_transform is not None:
                 return self.slow_transform(image), self.targets[index], index
             return _crop_and_flip(image, self.pre.image_size), self.targets[index], index, _jitter_factors()
@@ -139,9 +139,6 @@ def make_dataset(paths: list, targets: list[int], pre: Preprocessing, train: boo
                  cache_dir=None):
     """The dataset and collate function for one split: served from the pixel cache when
     ``cache`` resolves to ram/disk, else decoded from the files every epoch."""
-    from imgcls.data.cache import build_cache
-    from imgcls.data.transforms import eval_transform
-
     pixels = build_cache(paths, pre, cache, cache_dir, workers) if cache != "none" else None
     if pixels is not None:
         dataset = CachedImageDataset(pixels, paths, targets, pre, train, preset, random_erasing)

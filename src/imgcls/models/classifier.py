@@ -39,12 +39,6 @@ class ImageClassifier(nn.Module):
     def hierarchical(self) -> bool:
         return isinstance(self.head, HierarchicalHead)
 
-    def forward_levels(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(coarse_logits, fine_logits)`` of a model with a hierarchical head."""
-        if not self.hierarchical:
-            raise TypeError("forward_levels needs a hierarchical head (data.hierarchy)")
-        return self.forward(images, levels=True)
-
     def backbone_blocks(self) -> list[list[nn.Parameter]]:
         """Backbone parameters grouped into blocks, from the stem to the last block.
 
