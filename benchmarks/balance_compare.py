@@ -46,6 +46,7 @@ def run(data: Path, runs: Path, mode: str, args: argparse.Namespace) -> dict:
     recall = {row["class"]: row["recall"] for row in test["per_class"]}
     return {
         "mode": mode,
+        "n": test["n"],
         "top1": test["top1"],
         "f1_macro": test["f1_macro"],
         "minority_recall": sum(recall[c] for c in MINORITY) / len(MINORITY),
@@ -74,7 +75,7 @@ def main() -> int:
         rows = [run(data, Path(tmp) / "runs", mode, args) for mode in modes]
     base = rows[0]
     print(f"\ncifar10-small, classes {', '.join(MINORITY)} cut to {args.keep:.0%} of their training images; "
-          f"efficientnet_lite0 64 px, frozen backbone, {args.epochs} epochs; test split (balanced, 1,000 images)\n")
+          f"efficientnet_lite0 64 px, frozen backbone, {args.epochs} epochs; test split ({base['n']:,} images, balanced)\n")
     print(f"{'--balance':<12} {'top-1':>7} {'macro-F1':>9} {'minority recall':>16} {'majority recall':>16} "
           f"{'vs none (F1 / min. recall)':>28} {'time':>7}")
     for row in rows:

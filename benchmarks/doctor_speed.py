@@ -60,9 +60,10 @@ def main() -> int:
         n = len(records)
         print(f"{n:,} files, {cores} cores, load average before: {os.getloadavg()[0]:.1f}\n")
         baseline, _ = timed("baseline: read bytes, 1 process", n, lambda: [r.path.read_bytes() for r in records])
-        per_core, _ = timed("doctor scan, 1 process", n, lambda: scan_files(find_files(root).records[:n], workers=1))
-        _, scanned = timed(f"doctor scan, {cores} processes", n,
-                           lambda: scan_files(find_files(root).records[:n], workers=cores))
+        fresh = find_files(root).records[:n]  # records are filled in place: a fresh list per scan, found untimed
+        per_core, _ = timed("doctor scan, 1 process", n, lambda: scan_files(fresh, workers=1))
+        fresh = find_files(root).records[:n]
+        _, scanned = timed(f"doctor scan, {cores} processes", n, lambda: scan_files(fresh, workers=cores))
         _, findings = timed("cross-file checks (duplicates, leakage)", n,
                             lambda: dataset_checks(scanned, near_distance=4))
         class_balance(scanned, 3.0)

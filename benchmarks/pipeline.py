@@ -131,7 +131,8 @@ def measure_finetune(kind: str, steps: int = 12) -> dict:
     def timed(trainer, epoch):  # the training pass alone, as in the plain loop (no validation)
         started = time.perf_counter()
         stats = train_one_epoch(trainer, epoch)
-        rates.append(len(trainer.loaders["train"].dataset) / (time.perf_counter() - started))
+        loader = trainer.loaders["train"]  # drop_last: count the images that were stepped on
+        rates.append(len(loader) * loader.batch_size / (time.perf_counter() - started))
         return stats
 
     loop.train_one_epoch = timed

@@ -178,5 +178,12 @@ def test_augment_preview_reports_bad_input_in_one_line(flat_dataset, tmp_path, c
     assert main(["augment-preview", str(flat_dataset), "--preset", "fancy", "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("imgcls: error:") and "fancy" in err and "\n" not in err
-    make_image(tmp_path / "empty" / "only" / "a.jpg", (1, 2, 3))
     assert main(["augment-preview", str(tmp_path / "missing"), "--out", str(tmp_path / "g.png")]) == 2
+
+
+def test_negative_mix_alpha_is_an_error_even_when_nothing_mixes():
+    from imgcls.config import RunConfig
+    from imgcls.training.mixing import build_mixer
+
+    with pytest.raises(ValueError, match="--mixup -1"):
+        build_mixer(RunConfig().with_overrides({"train.mixup": -1.0}), 3)

@@ -34,6 +34,12 @@ def _flags(report) -> dict[str, set[str]]:
     return {r.rel: set(r.problems) for r in report.records if r.problems}
 
 
+def _blocking(planted: dict[str, set[str]]) -> set[str]:
+    """The planted files whose problems block training (what --fix moves)."""
+    errors = {code for code, problem in PROBLEMS.items() if problem.severity == "error"}
+    return {rel for rel, codes in planted.items() if codes & errors}
+
+
 def _tree(root) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
@@ -76,7 +82,8 @@ def test_cli_writes_reports_and_changes_nothing_without_fix(messy, tmp_path, cap
     before = _tree(root)
     assert main(["doctor", str(root), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
-    assert "truncated" in printed and "imbalanced" in printed and "dry run: 14 file(s)" in printed
+    blocking = _blocking(planted)
+    assert "truncated" in printed and "imbalanced" in printed and f"dry run: {len(blocking)} file(s)" in printed
     assert _tree(root) == before and not quarantine_dir(root).exists()
     with open(tmp_path / "out" / "overview.csv", newline="") as handle:
         rows = {row["path"]: row for row in csv.DictReader(handle)}
@@ -88,7 +95,8 @@ def test_cli_writes_reports_and_changes_nothing_without_fix(messy, tmp_path, cap
     assert red["content_hash"] == content_hash((root / "train/red/red_000.jpg").read_bytes())
     assert len(red["perceptual_hash"]) == 16
     summary = json.loads((tmp_path / "out" / "doctor.json").read_text())
-    assert summary["problems"]["not_image"]["count"] == 4 and summary["blocking_files"] == 14
+    not_image = sum("not_image" in codes for codes in planted.values())
+    assert summary["problems"]["not_image"]["count"] == not_image and summary["blocking_files"] == len(blocking)
     html = (tmp_path / "out" / "doctor.html").read_text()
     assert html.count("data:image/jpeg;base64,") >= 6 and "train/red/red_000_copy.jpg" in html
 
@@ -97,10 +105,9 @@ def test_fix_moves_blocking_files_and_restore_is_byte_identical(tmp_path, capsys
     root = tmp_path / "data"
     planted = make_messy_dataset(root)
     before = _tree(root)
-    blocking = {rel for rel, codes in planted.items() if codes & {c for c, p in PROBLEMS.items()
-                                                                  if p.severity == "error"}}
+    blocking = _blocking(planted)
     assert main(["doctor", str(root), "--out", str(tmp_path / "out"), "--fix"]) == 0
-    assert "moved 14 file(s)" in capsys.readouterr().out
+    assert f"moved {len(blocking)} file(s)" in capsys.readouterr().out
     target = quarantine_dir(root)
     assert set(_tree(root)) == set(before) - blocking
     with open(target / "quarantine.csv", newline="") as handle:
@@ -164,3 +171,15 @@ def test_training_on_a_flagged_dataset_completes(tmp_path):
     undecodable = {"zero_byte", "unreadable", "truncated", "decompression_bomb"}
     expected = {rel for rel, codes in planted.items() if codes & undecodable} | {"train/blue/fake.jpg"}
     assert {str((root / rel)) for rel in expected} == set(skipped)
+
+
+def test_unknown_folder_of_a_held_out_split_is_not_a_problem(split_dataset, tmp_path):
+    # val/unknown/ holds out-of-distribution images for open-set evaluation (docs/openset.md);
+    # the doctor must not flag them as an unknown class, and --fix must not move them.
+    from conftest import make_image
+
+    make_image(split_dataset / "val" / "unknown" / "stranger.jpg", (120, 120, 120), seed=9)
+    make_image(split_dataset / "val" / "mystery" / "lost.jpg", (10, 200, 200), seed=8)
+    report = run_doctor(split_dataset, DoctorOptions())
+    flagged = {r.rel for r in report.records if "unknown_class" in r.problems}
+    assert flagged == {"val/mystery/lost.jpg"}

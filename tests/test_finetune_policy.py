@@ -71,8 +71,10 @@ def test_cosine_restarts_when_fine_tuning_begins():
     assert head_lr(20) < 1e-3  # end of the 2-epoch head cosine
     assert head_lr(21) == pytest.approx(1e-2, rel=1e-2)  # fine-tuning starts again from the full rate
     assert head_lr(35) == pytest.approx(0.5e-2, rel=1e-3)  # half-way through its own 3-epoch cosine
-    state = scheduler.state_dict()
-    scheduler.load_state_dict(state)
+    restored = create_scheduler(optimizer, cfg, steps_per_epoch=10, head_epochs=2)
+    restored.load_state_dict(scheduler.state_dict())
+    restored.step_update(35)
+    assert next(g["lr"] for g in optimizer.param_groups if g["part"] == "head") == pytest.approx(0.5e-2, rel=1e-3)
     assert create_scheduler(optimizer, cfg, 10, head_epochs=0).__class__.__name__ == "CosineLRScheduler"
 
 

@@ -130,9 +130,8 @@ def test_pick_a_file_and_see_the_label(trained_run, tmp_path):
             label = browser.wait_for("document.getElementById('label').textContent")
             browser.wait_for("document.getElementById('preview').naturalWidth > 0")
             bars = browser.evaluate("document.querySelectorAll('#bars .bar').length")
-            explains = browser.evaluate("canExplain")
-            if explains:  # a checkpoint with the explain module: the Grad-CAM overlay appears too
-                browser.wait_for("document.getElementById('cam').naturalWidth > 0")
+            assert browser.evaluate("canExplain") is True  # a checkpoint: the Grad-CAM overlay appears too
+            browser.wait_for("document.getElementById('cam').naturalWidth > 0")
             shot = tmp_path / "upload-page.png"
             shot.write_bytes(b64decode(browser.call("Page.captureScreenshot", format="png")["data"]))
         finally:

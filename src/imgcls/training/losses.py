@@ -48,16 +48,17 @@ class HierarchicalLoss(nn.Module):
         if coarse_weight < 0 or fine_weight < 0 or coarse_weight + fine_weight == 0:
             raise ValueError(f"--coarse-weight {coarse_weight} / --fine-weight {fine_weight}: need weights >= 0, "
                              "not both 0")
-        self.parent = parent.long()
-        self.membership = F.one_hot(self.parent).float()  # (fine, coarse)
+        # Buffers, so the criterion's .to(device) moves them once instead of every batch.
+        self.register_buffer("parent", parent.long())
+        self.register_buffer("membership", F.one_hot(parent.long()).float())  # (fine, coarse)
         self.coarse_weight, self.fine_weight, self.label_smoothing = coarse_weight, fine_weight, label_smoothing
 
     def forward(self, outputs: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         coarse_logits, fine_logits = outputs
         if targets.ndim > 1:
-            coarse_targets = targets.float() @ self.membership.to(targets.device)
+            coarse_targets = targets.float() @ self.membership
         else:
-            coarse_targets = self.parent.to(targets.device)[targets]
+            coarse_targets = self.parent[targets]
         coarse = F.cross_entropy(coarse_logits.float(), coarse_targets, label_smoothing=self.label_smoothing)
         fine = F.cross_entropy(fine_logits.float(), targets, label_smoothing=self.label_smoothing)
         return self.coarse_weight * coarse + self.fine_weight * fine

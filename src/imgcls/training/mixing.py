@@ -57,4 +57,5 @@ class BatchMixer:
 
 def build_mixer(config: RunConfig, num_classes: int) -> BatchMixer | None:
     """The batch mixer of this run, or None when neither MixUp nor CutMix is on."""
+    _validate(config)  # a negative alpha is an error, not "off"
     return BatchMixer(config, num_classes) if mixing_enabled(config) else None

@@ -10,6 +10,7 @@ import numpy as np
 
 from imgcls.data.doctor.scan import FileRecord
 from imgcls.data.images import is_image_file
+from imgcls.data.sources import UNKNOWN_FOLDER
 
 # How held-out a split is. Of two copies in different splits the more held-out one is kept,
 # so that removing the other never shrinks the test set.
@@ -151,7 +152,9 @@ def check_unknown_classes(records: list[FileRecord]) -> None:
     if not known:
         return
     for record in records:
-        if record.split in ("val", "test") and record.label and record.label not in known:
+        # unknown/ under val or test holds out-of-distribution images on purpose (open-set eval)
+        set_aside = record.label == UNKNOWN_FOLDER
+        if record.split in ("val", "test") and record.label and record.label not in known and not set_aside:
             record.flag("unknown_class", f"class '{record.label}' has no training images")
 
 
