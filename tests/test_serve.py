@@ -294,3 +294,28 @@ def test_explain_returns_a_grad_cam_overlay(client, exported):
         assert onnx_client.get("/model").json()["explain"] is False
         response = onnx_client.post("/explain", content=red, headers={"content-type": "image/png"})
         assert response.status_code == 404 and "PyTorch checkpoint" in response.json()["error"]
+
+
+def test_open_set_rule_is_the_checkpoints_own_score(trained_run, tmp_path):
+    # An energy threshold is a logsumexp value, not a probability: the server must apply the
+    # same rule as `imgcls predict`, image for image.
+    from imgcls.evaluation.openset import UnknownRule
+
+    classifier = imgcls.load(trained_run.checkpoint, device="cpu")
+    paths = []
+    for i, rgb in enumerate([*COLOURS.values(), (128, 128, 128), (250, 250, 250)]):
+        paths.append(tmp_path / f"img{i}.png")
+        paths[-1].write_bytes(_encoded(rgb))
+    scores = [row["unknown_score"] for row in _with_rule(classifier, UnknownRule(0.0, "energy")).predict(paths)]
+    classifier.unknown = UnknownRule(float(np.median(scores)), "energy")  # some in, some out
+    expected = [row["unknown"] for row in classifier.predict(paths)]
+    assert any(expected) and not all(expected)
+    with TestClient(create_app(classifier)) as test_client:
+        files = [("file", (p.name, p.read_bytes(), "image/png")) for p in paths]
+        served = [p["unknown"] for p in test_client.post("/predict", files=files).json()["predictions"]]
+    assert served == expected
+
+
+def _with_rule(classifier, rule):
+    classifier.unknown = rule
+    return classifier

@@ -111,6 +111,8 @@ def metadata_for(checkpoint: dict, preprocessing: Preprocessing, precision: str)
         "preprocessing": preprocessing.to_dict(),
         "temperature": float(checkpoint.get("temperature", 1.0)),
         "unknown_threshold": checkpoint.get("unknown_threshold"),
+        "unknown_score": checkpoint.get("unknown_score"),
+        "unknown_temperature": checkpoint.get("unknown_temperature"),
         "outputs": {LOGITS_NAME: "raw class scores", PROBABILITIES_NAME: "softmax(logits / temperature)"},
         "precision": precision,
         "model_name": checkpoint["config"]["model"]["name"],

@@ -18,6 +18,7 @@ from torch import nn
 from imgcls.config import ConfigError, RunConfig
 from imgcls.data.transforms import Preprocessing, eval_transform
 from imgcls.deploy.predict import Classifier
+from imgcls.evaluation.openset import UnknownRule
 from imgcls.runtime import log
 from imgcls.training.checkpoint import CheckpointError
 
@@ -117,7 +118,7 @@ class OnnxClassifier(Classifier):
         self.config = _config_from(self.metadata, path)
         self.classes = list(self.metadata["classes"])
         self.temperature = float(self.metadata.get("temperature") or 1.0)
-        self.unknown_threshold = self.metadata.get("unknown_threshold")
+        self.unknown = UnknownRule.from_checkpoint(self.metadata)  # threshold, score and its temperature
         self.preprocessing = Preprocessing.from_dict(self.metadata["preprocessing"])
         self.transform = eval_transform(self.preprocessing)
         # Inputs are handed to ORT as CPU arrays; ORT moves them to the GPU itself.

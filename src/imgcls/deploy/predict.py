@@ -49,17 +49,9 @@ class Classifier:
         image is ``unknown``; None: no rejection (docs/openset.md)."""
         return self.unknown.threshold
 
-    @unknown_threshold.setter
-    def unknown_threshold(self, value: float | None) -> None:
-        self.unknown = self.unknown.replaced(value)
-
     @property
     def unknown_score(self) -> str:
         return self.unknown.score
-
-    @unknown_score.setter
-    def unknown_score(self, score: str) -> None:
-        self.unknown = self.unknown.replaced(self.unknown.threshold, score)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> "Classifier":
@@ -69,13 +61,16 @@ class Classifier:
         """Class probabilities for in-memory PIL images, shape (n, C)."""
         return self.probabilities(torch.stack([self.transform(to_rgb(image)) for image in images]))
 
-    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        """Class probabilities for an already preprocessed batch (n, 3, H, W) (used by the server,
-        which preprocesses each request itself and batches requests together)."""
+    def scaled_logits(self, batch: torch.Tensor) -> np.ndarray:
+        """``logits / temperature`` of an already preprocessed batch (n, 3, H, W): what the
+        server batches (the probabilities and the open-set score both come from them)."""
         with torch.no_grad():
             self.model.eval()
-            logits = infer(self.model, batch.to(self.device)).float() / self.temperature
-        return logits.softmax(1).cpu().numpy()
+            return (infer(self.model, batch.to(self.device)).float() / self.temperature).cpu().numpy()
+
+    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        """Class probabilities for an already preprocessed batch (n, 3, H, W)."""
+        return torch.from_numpy(self.scaled_logits(batch)).softmax(1).numpy()
 
     def predict(self, images, topk: int = 3, batch_size: int = 32, workers: int | None = 0) -> list[dict]:
         """Predict files, folders (recursively) or PIL images.

@@ -277,11 +277,10 @@ def create_app(model, *, api_key: str | None = None, max_batch: int = 32, max_wa
                topk: int = 5) -> FastAPI:
     """The FastAPI app serving ``model`` (a :class:`~imgcls.deploy.predict.Classifier` or
     :class:`~imgcls.deploy.onnx_model.OnnxClassifier`)."""
-    batcher = Batcher(model.probabilities, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    batcher = Batcher(model.scaled_logits, max_batch=max_batch, max_wait_ms=max_wait_ms)
     info = model_info(model, file_version(Path(model.checkpoint_path)))
     grad_cam = _grad_cam_for(model)
     info["explain"] = grad_cam is not None
-    threshold = info["unknown_threshold"]
     started = time.time()
 
     @asynccontextmanager
@@ -325,10 +324,14 @@ def create_app(model, *, api_key: str | None = None, max_batch: int = 32, max_wa
                       k: int = Query(topk, alias="topk", ge=1, le=100, description="labels per image")) -> dict:
         items = await _read_images(request, max_images)
         tensors = await run_in_threadpool(prepare, items)
-        probs = await batcher.predict(tensors)
+        logits = await batcher.predict(tensors)
+        probs = torch.from_numpy(logits).softmax(1).numpy()
+        # The checkpoint's own open-set rule (score, threshold, temperature), as `predict` applies it
+        unknown = model.unknown.scores(logits, model.temperature) < model.unknown.threshold \
+            if model.unknown.active else np.zeros(len(probs), dtype=bool)
         return {"model_version": info["version"],
-                "predictions": [_prediction(i, name, row, model.classes, k, threshold)
-                                for i, ((name, _), row) in enumerate(zip(items, probs))]}
+                "predictions": [_prediction(i, name, row, model.classes, k, bool(rejected))
+                                for i, ((name, _), row, rejected) in enumerate(zip(items, probs, unknown))]}
 
     @app.post("/explain", response_model=ExplainResponse, dependencies=[Depends(check_key)],
               summary="Grad-CAM overlay for one image (PyTorch checkpoints only)",
@@ -356,10 +359,9 @@ def _shown(name: str | None, index: int) -> str:
 
 
 def _prediction(index: int, name: str | None, probs: np.ndarray, classes: list[str], k: int,
-                threshold: float | None) -> dict:
+                unknown: bool) -> dict:
     order = np.argsort(-probs)[: min(k, len(classes))]
     top = [{"label": classes[i], "probability": float(probs[i])} for i in order]
-    unknown = threshold is not None and top[0]["probability"] < threshold
     return {"index": index, "filename": name, "label": "unknown" if unknown else top[0]["label"],
             "probability": top[0]["probability"], "unknown": unknown, "topk": top}
 
