@@ -283,17 +283,21 @@ def _gallery(classifier: "Classifier", predictions: Predictions, samples: list[S
     loss = -np.log(np.maximum(p_true, 1e-12))
     predicted = predictions.probs.argmax(axis=1)
     order = np.argsort(-loss, kind="stable")[:size]
-    images, chosen = [], []
+    originals, chosen = [], []
     for r in order:
-        image = _thumbnail(samples[predictions.indices[r]].path, classifier, 160)
-        if image is not None:
-            images.append(image)
+        try:
+            originals.append(load_rgb(samples[predictions.indices[r]].path))
             chosen.append(int(r))
+        except (ImageDecodeError, OSError):
+            continue  # deleted or damaged since it was evaluated: leave it out
+    # Grad-CAM sees the image as the model did (the eval transform of the original); the map
+    # then lies over exactly the display crop, which has the same geometry.
+    images = [display_crop(image, classifier.preprocessing, 160) for image in originals]
     cards = []
     if chosen:
         try:
             explainer = GradCamExplainer(classifier.model, classifier.preprocessing, classifier.device)
-            maps = explainer.heatmaps(images, [int(predicted[r]) for r in chosen])
+            maps = explainer.heatmaps(originals, [int(predicted[r]) for r in chosen])
         except Exception as err:  # noqa: BLE001 - an exotic architecture must not cost the whole report
             log.warning("report: Grad-CAM unavailable for this model (%s)", err)
             maps = [None] * len(chosen)
