@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from imgcls.data.doctor.groups import class_balance, dataset_checks
-from imgcls.data.doctor.scan import find_files, scan_files
+from imgcls.apps.doctor.groups import class_balance, dataset_checks
+from imgcls.apps.doctor.scan import find_files, scan_files
 
 GOAL_PER_CORE = 500.0
 DEFAULT_TAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-full.tar.gz"

@@ -9,7 +9,9 @@ from conftest import make_image
 
 from imgcls.data import cache as cache_module
 from imgcls.data.cache import build_cache, cache_key
-from imgcls.data.cached_dataset import CachedCollate, CachedImageDataset, finish_batch
+from imgcls.data.cached_dataset import CachedCollate, CachedImageDataset
+from imgcls.data.finish import finish_batch
+from imgcls.data.loaders import DeviceLoader
 from imgcls.data.dataset import BadFile, ImageDataset, collate
 from imgcls.data.transforms import Preprocessing, eval_transform
 
@@ -34,9 +36,9 @@ def test_cached_eval_pixels_equal_uncached(tmp_path):
         assert torch.equal(crop, torch.round(expected * 255).to(torch.uint8)), i
     batch = CachedCollate(PRE)([cached[i] for i in range(6)])
     reference = collate([plain[i] for i in range(6)])
-    assert batch.images.dtype == torch.uint8  # finished on the device, by model_input
-    cpu = torch.device("cpu")
-    assert torch.allclose(batch.model_input(cpu), reference.model_input(cpu), atol=1e-5)
+    assert batch.images.dtype == torch.uint8  # finished on the device, by the DeviceLoader
+    to_cpu = DeviceLoader([], torch.device("cpu"))
+    assert torch.allclose(to_cpu.finish(batch).images, to_cpu.finish(reference).images, atol=1e-5)
 
 
 def test_changed_file_invalidates_the_disk_cache(tmp_path):
@@ -106,7 +108,7 @@ def test_uncached_default_preset_crops_uint8_and_finishes_like_the_cache(tmp_pat
     assert torch.equal(a[0], b[0]) and torch.equal(a[3], b[3])  # seeded: same sample, same crop
     assert not (torch.equal(a[0], c[0]) and torch.equal(a[3], c[3]))
     batch = collate_fn([dataset[(i, i)] for i in range(6)])
-    images = batch.model_input(torch.device("cpu"))
+    images = DeviceLoader([], torch.device("cpu")).finish(batch).images
     low = (0 - max(PRE.mean)) / min(PRE.std)
     high = (1 - min(PRE.mean)) / min(PRE.std)
     assert images.dtype == torch.float32 and images.min() >= low - 1e-5 and images.max() <= high + 1e-5

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from imgcls.cli import main
-from imgcls.data import cifar100
+from imgcls.apps import cifar100
 from imgcls.data.hierarchy import read_mapping_csv
 from imgcls.data.sources import DatasetError, discover
 

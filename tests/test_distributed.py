@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import imgcls
+from run_files import state
 
 
 def _train(data, runs, *extra, timeout=300):
@@ -33,17 +34,16 @@ def test_two_processes_train_resume_and_match_single_process_eval(split_dataset,
 
     # Resume the DDP run with a different number of processes: one.
     _train(split_dataset, runs, "--resume", str(run), "--epochs", "2", "--devices", "1")
-    checkpoint = torch.load(run / "last.pt", weights_only=False)
-    assert checkpoint["epoch"] == 2 and [r["epoch"] for r in checkpoint["history"]] == [1, 2]
+    saved = state(run)
+    assert saved.epoch == 2 and [r["epoch"] for r in saved.history] == [1, 2]
 
     # And back to two processes for a third epoch.
     _train(split_dataset, runs, "--resume", str(run), "--epochs", "3", "--devices", "2")
-    checkpoint = torch.load(run / "last.pt", weights_only=False)
-    row = checkpoint["history"][-1]
+    row = state(run).history[-1]
     assert row["epoch"] == 3
 
     # The validation metrics the two ranks computed together equal a single-process evaluation.
-    single = imgcls.load(run / "last.pt", device="cpu").evaluate(None, split="val", out_dir=tmp_path / "ev")
+    single = imgcls.evaluate(run / "last.safetensors", split="val", out_dir=tmp_path / "ev", device="cpu")
     assert single["n"] == 9
     assert row["val_acc"] == pytest.approx(single["top1"], abs=1e-9)
     assert row["val_loss"] == pytest.approx(single["loss"], rel=1e-5)

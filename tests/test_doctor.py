@@ -14,9 +14,9 @@ from doctor_support import make_messy_dataset
 
 import imgcls
 from imgcls.cli import main
-from imgcls.data.doctor import PROBLEMS, DoctorOptions, apply_fix, plan_fix, quarantine_dir, restore, run_doctor
-from imgcls.data.doctor import scan as scan_module
-from imgcls.data.doctor.scan import content_hash
+from imgcls.apps.doctor import PROBLEMS, DoctorOptions, apply_fix, plan_fix, quarantine_dir, restore, run_doctor
+from imgcls.apps.doctor import scan as scan_module
+from imgcls.apps.doctor.scan import content_hash
 from imgcls.data.images import is_image_file
 
 # A random-initialised tiny backbone keeps the label check fast and offline.

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgcls.data.doctor.checks import BLOCKING, PROBLEMS, decode_problem, extension_problem, mode_problem
-from imgcls.data.doctor.deep import Features, embedding_leaks, label_errors
-from imgcls.data.doctor.groups import class_balance, hash_leaks
-from imgcls.data.doctor.report import bar_chart
-from imgcls.data.doctor.scan import FileRecord
+from imgcls.apps.doctor.checks import BLOCKING, PROBLEMS, decode_problem, extension_problem, mode_problem
+from imgcls.apps.doctor.deep import Features, embedding_leaks, label_errors
+from imgcls.apps.doctor.groups import class_balance, hash_leaks
+from imgcls.apps.doctor.report import bar_chart
+from imgcls.apps.doctor.scan import FileRecord
 
 
 def _record(rel: str, split: str, label: str, phash: int, content: str | None = None) -> FileRecord:

@@ -18,8 +18,11 @@ import imgcls
 from imgcls.cli import main
 from imgcls.data.sources import list_images
 from imgcls.deploy import export as export_module
-from imgcls.deploy.onnx_model import OnnxClassifier, providers_for
-from imgcls.training.checkpoint import CheckpointError, read_checkpoint
+from imgcls.errors import CheckpointError
+from imgcls.inference import artifact
+from imgcls.inference.backends import providers_for
+from imgcls.inference.card import ModelCard
+from run_files import card
 
 
 def _metadata(path) -> dict:
@@ -32,25 +35,28 @@ def _rows(path) -> list[dict]:
 
 
 def test_export_is_self_describing(trained_run, exported):
-    checkpoint = read_checkpoint(trained_run.checkpoint)
+    stored = card(trained_run.checkpoint)
     meta = _metadata(exported.path)
-    assert meta["classes"] == checkpoint["classes"] == trained_run.classes
+    assert meta["classes"] == stored.classes == trained_run.classes
     assert meta["input_size"] == [3, 32, 32]
-    pre = checkpoint["preprocessing"]
+    pre = stored.preprocessing
     assert meta["mean"] == list(pre["mean"]) and meta["std"] == list(pre["std"])
     assert meta["crop_pct"] == pre["crop_pct"] and meta["interpolation"] == pre["interpolation"]
-    assert meta["temperature"] == checkpoint["temperature"]
-    assert meta["unknown_threshold"] is None
+    assert meta["temperature"] == stored.temperature
     assert meta["imgcls_version"] == imgcls.__version__
     assert meta["precision"] == "fp32"
-    assert meta["config"]["model"]["name"] == "test_efficientnet"
+    # The whole model card travels with the export: what predict and serve need, unchanged.
+    exported_card = ModelCard.from_dict(meta["imgcls.card"])
+    assert exported_card.config["model"]["name"] == "test_efficientnet"
+    assert exported_card.unknown is None and exported_card.classes == stored.classes
     int8_meta = _metadata(exported.int8_path)
     assert int8_meta["classes"] == meta["classes"] and int8_meta["precision"] == "int8-static"
 
 
 def test_export_has_a_dynamic_batch_axis(exported):
-    model = OnnxClassifier(exported.path, device="cpu")
-    batch_dim = model.session.get_inputs()[0].shape[0]
+    model = imgcls.load(exported.path, device="cpu")
+    assert model.backend.name == "onnx"
+    batch_dim = model.backend.session.get_inputs()[0].shape[0]
     assert not isinstance(batch_dim, int)  # a symbolic name, not a fixed size
     for n in (1, 3, 7):
         images = [Image.new("RGB", (40, 30), (n * 30, 90, 200)) for _ in range(n)]
@@ -109,8 +115,8 @@ def test_predict_and_eval_accept_an_onnx_file(trained_run, exported, tmp_path):
 
 
 def test_onnx_model_evaluates_the_runs_own_split_by_default(trained_run, exported, tmp_path):
-    metrics = imgcls.load(exported.path, device="cpu").evaluate(None, split="val", out_dir=tmp_path / "ev")
-    assert metrics["n"] == 30 and metrics["checkpoint"] == str(exported.path)
+    metrics = imgcls.evaluate(imgcls.load(exported.path, device="cpu"), split="val", out_dir=tmp_path / "ev")
+    assert metrics["n"] == 30 and metrics["model"] == str(exported.path)
     assert (tmp_path / "ev" / "eval_predictions.csv").is_file()
 
 
@@ -134,7 +140,7 @@ def test_bad_onnx_files_are_one_line_errors(tmp_path, capsys):
                                    [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
                                    [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), str(foreign))
-    with pytest.raises(CheckpointError, match="not an imgcls ONNX export"):
+    with pytest.raises(CheckpointError, match="not an ONNX export of imgcls"):
         imgcls.load(foreign)
     assert main(["predict", str(tmp_path / "missing.onnx"), str(tmp_path)]) == 2
     assert "ONNX model not found" in capsys.readouterr().err
@@ -159,14 +165,11 @@ def test_failed_checks_fail_the_command(trained_run, tmp_path, monkeypatch, caps
 
 
 def test_int8_needs_the_dataset_and_fp32_falls_back_to_random_inputs(trained_run, tmp_path, capsys):
-    # A copy of the checkpoint whose dataset has gone away.
-    moved = tmp_path / "moved.pt"
+    # A copy of the model file whose dataset has gone away.
+    moved = tmp_path / "moved.safetensors"
     shutil.copy(trained_run.checkpoint, moved)
-    import torch
-
-    checkpoint = torch.load(moved, weights_only=False)
-    checkpoint["config"]["data"]["path"] = str(tmp_path / "gone")
-    torch.save(checkpoint, moved)
+    config = card(moved).config
+    artifact.update_card(moved, config={**config, "data": {**config["data"], "path": str(tmp_path / "gone")}})
     assert main(["export", str(moved), "--int8"]) == 2
     assert "--int8 needs the run's validation images" in capsys.readouterr().err
     assert main(["export", str(moved)]) == 0

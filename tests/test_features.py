@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import torch
 from conftest import FAST
+from run_files import state, weights
 
 import imgcls
+from imgcls.inference.classifier import Classifier
 
 
 def _head_run(data, tmp_path, name, **options):
     settings = dict(FAST, epochs=2, head_epochs=2, augment="none", lr=0.05, out_dir=str(tmp_path), name=name)
     settings.update(options)
     result = imgcls.train(data, evaluate=False, **settings)
-    return result, torch.load(result.run_dir / "last.pt", weights_only=False)
+    return result, {"model": weights(result.run_dir / "last.safetensors"), "history": state(result.run_dir).history}
 
 
 def test_cached_features_train_the_same_head(flat_dataset, tmp_path):
@@ -39,18 +41,17 @@ def test_augmented_feature_views_and_finetune_phase(flat_dataset, tmp_path):
 
 def test_evaluation_after_training_reuses_the_best_epochs_val_predictions(flat_dataset, tmp_path, monkeypatch):
     # The metrics written at the end of training come from the best epoch's val predictions
-    # (no second pass over the images); a fresh evaluation of best.pt must agree with them.
-    from imgcls.evaluation import evaluate
-
+    # (no second pass over the images); a fresh evaluation of best.safetensors must agree with them.
     passes = []
-    original = evaluate.predict_samples
-    monkeypatch.setattr(evaluate, "predict_samples", lambda *a, **k: passes.append(1) or original(*a, **k))
+    original = Classifier.predictions
+    monkeypatch.setattr(Classifier, "predictions", lambda *a, **k: passes.append(1) or original(*a, **k))
     settings = dict(FAST, epochs=2, head_epochs=2, augment="none", lr=0.05, out_dir=str(tmp_path), name="reuse",
                     report=False)
     result = imgcls.train(flat_dataset, **settings)
     assert passes == []  # calibration and evaluation ran on the remembered predictions
     assert result.best_val is not None and len(result.best_val.indices) == len(result.val_paths)
-    fresh = imgcls.load(result.best_checkpoint, device="cpu").evaluate(None, split="val", out_dir=tmp_path / "ev")
+    monkeypatch.undo()
+    fresh = imgcls.evaluate(result.best_checkpoint, split="val", out_dir=tmp_path / "ev", device="cpu")
     reused = result.metrics["val"]
     assert reused["top1"] == fresh["top1"] and reused["n"] == fresh["n"]
     assert abs(reused["loss"] - fresh["loss"]) < 1e-4

@@ -9,7 +9,7 @@ from conftest import FAST
 import imgcls
 from imgcls.config import DataConfig, ModelConfig, TrainConfig
 from imgcls.models.classifier import build_model
-from imgcls.training.optim import PhasedScheduler, create_optimizer, create_scheduler
+from imgcls.training.optim import SegmentedScheduler, create_optimizer, create_scheduler, plan_schedule
 
 
 @pytest.fixture()
@@ -60,8 +60,9 @@ def test_cosine_restarts_when_fine_tuning_begins():
     model, _ = build_model(ModelConfig(name="test_efficientnet", pretrained=False), DataConfig(), 3)
     cfg = TrainConfig(epochs=5, lr=1e-2)
     optimizer = create_optimizer(model, cfg)
-    scheduler = create_scheduler(optimizer, cfg, steps_per_epoch=10, head_epochs=2)
-    assert isinstance(scheduler, PhasedScheduler)
+    assert plan_schedule(cfg, head_epochs=2) == [2, 3]
+    scheduler = create_scheduler(optimizer, cfg, steps_per_epoch=10, segments=[2, 3])
+    assert isinstance(scheduler, SegmentedScheduler)
 
     def head_lr(step):
         scheduler.step_update(step)
@@ -71,11 +72,11 @@ def test_cosine_restarts_when_fine_tuning_begins():
     assert head_lr(20) < 1e-3  # end of the 2-epoch head cosine
     assert head_lr(21) == pytest.approx(1e-2, rel=1e-2)  # fine-tuning starts again from the full rate
     assert head_lr(35) == pytest.approx(0.5e-2, rel=1e-3)  # half-way through its own 3-epoch cosine
-    restored = create_scheduler(optimizer, cfg, steps_per_epoch=10, head_epochs=2)
+    restored = create_scheduler(optimizer, cfg, steps_per_epoch=10, segments=[2, 3])
     restored.load_state_dict(scheduler.state_dict())
     restored.step_update(35)
     assert next(g["lr"] for g in optimizer.param_groups if g["part"] == "head") == pytest.approx(0.5e-2, rel=1e-3)
-    assert create_scheduler(optimizer, cfg, 10, head_epochs=0).__class__.__name__ == "CosineLRScheduler"
+    assert plan_schedule(cfg, head_epochs=0) == [5]
 
 
 def test_backbone_learning_rate_defaults_to_a_tenth_only_when_pretrained():

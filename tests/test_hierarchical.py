@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import FAST, make_image
+from run_files import card
 
 import imgcls
 from imgcls.cli import main
@@ -18,7 +19,7 @@ from imgcls.config import RunConfig
 from imgcls.data.hierarchy import (CIFAR100_SUPERCLASSES, Hierarchy, attach_hierarchy, cifar100_map,
                                    read_mapping_csv)
 from imgcls.data.sources import DatasetError, discover
-from imgcls.evaluation.hierarchy_metrics import consistency_rate, hierarchy_metrics
+from imgcls.metrics.hierarchy import consistency_rate, hierarchy_metrics
 from imgcls.models.classifier import build_model
 from imgcls.training.losses import HierarchicalLoss, build_criterion
 
@@ -185,8 +186,7 @@ def test_train_eval_predict_hierarchical_model(nested_dataset, tmp_path, capsys)
 
     config = RunConfig.load(result.run_dir / "config.yaml")
     assert config.data.hierarchy_map == {"blue": "cool", "green": "cool", "orange": "warm", "red": "warm"}
-    checkpoint = torch.load(result.best_checkpoint, weights_only=False)
-    assert checkpoint["hierarchy"] == config.data.hierarchy_map
+    assert card(result.best_checkpoint).hierarchy == config.data.hierarchy_map
 
     assert main(["eval", str(result.run_dir), "--no-report", "--out", str(tmp_path / "ev")]) == 0
     printed = capsys.readouterr().out

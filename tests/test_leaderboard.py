@@ -13,11 +13,13 @@ from torch import nn
 import imgcls
 from imgcls.cli import main
 from imgcls.config import RunConfig
+from imgcls.inference import artifact
+from imgcls.inference.card import ModelCard
 from imgcls.evaluation.leaderboard import KEYS, find_runs, format_table, leaderboard, run_row, write_markdown
 
 
 def _fake_run(root, name, *, model="m", lr=1e-3, val_acc=(0.5, 0.7, 0.6), width=4, eval_json=None):
-    """A run folder as the trainer leaves it, without training: config, metrics.csv, best.pt."""
+    """A run folder as the trainer leaves it, without training: config, metrics.csv, best.safetensors."""
     run = root / name
     run.mkdir(parents=True)
     config = RunConfig().with_overrides({"name": name, "model.name": model, "lr": lr, "epochs": len(val_acc)})
@@ -32,7 +34,9 @@ def _fake_run(root, name, *, model="m", lr=1e-3, val_acc=(0.5, 0.7, 0.6), width=
                              "seconds": 10.0 * epoch})
     model = nn.Sequential(nn.Conv2d(3, width, 3), nn.BatchNorm2d(width), nn.Flatten(), nn.LazyLinear(2))
     model(torch.zeros(1, 3, 5, 5))
-    torch.save({"format": "imgcls-checkpoint/1", "model": model.state_dict()}, run / "best.pt")
+    pre = {"image_size": 5, "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
+    card = ModelCard(classes=["x", "y"], preprocessing=pre, config=config.to_dict())
+    artifact.save_model(run / artifact.BEST, model.state_dict(), card)
     if eval_json is not None:
         (run / "eval-val").mkdir()
         (run / "eval-val" / "eval.json").write_text(json.dumps(eval_json))
@@ -47,7 +51,7 @@ def test_row_is_read_from_the_run_files(tmp_path):
     assert row["params_m"] == pytest.approx(params / 1e6)
     assert row["mb"] == pytest.approx(size / 1e6)
     assert row["lr"] == 3e-4 and row["model"] == "m" and row["epochs"] == 3
-    # best.pt holds the best val_acc epoch (2): its train accuracy and val scores.
+    # best.safetensors holds the best val_acc epoch (2): its train accuracy and val scores.
     assert row["val_top1"] == 0.8 and row["train_acc"] == pytest.approx(0.9) and row["val_topk"] == 1.0
     assert row["topk"] == 3 and row["val_f1_macro"] is None
     assert row["wall_s"] == 60.0
@@ -112,7 +116,7 @@ def test_runs_command_errors_are_one_line(tmp_path, capsys):
 def test_a_real_run_gets_a_complete_row(split_dataset, tmp_path):
     result = imgcls.train(split_dataset, out_dir=str(tmp_path / "runs"), name="real", **dict(FAST, epochs=1))
     row = leaderboard(tmp_path / "runs")[0]
-    model = imgcls.load(result.run_dir).model
+    model = imgcls.load(result.run_dir).torch_module
     assert row["name"] == "real" and row["model"] == "test_efficientnet"
     assert row["params_m"] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6)
     assert row["val_top1"] == result.metrics["val"]["top1"]

@@ -1,4 +1,4 @@
-"""Tests for imgcls.evaluation.metrics, checked against scikit-learn or by hand."""
+"""Tests for imgcls.metrics.classification, checked against scikit-learn or by hand."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from imgcls.evaluation.metrics import (
+from imgcls.metrics.classification import (
     classification_metrics,
     format_metrics_table,
     write_metrics,

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import FAST, make_class_folders
+from run_files import card
 from PIL import Image
 
 import imgcls
@@ -99,9 +100,9 @@ def test_report_numbers_match_eval_json_and_the_model(run):
     assert f"{wrong} of {metrics['n']} images are misclassified" in text
     tiles = [attrs for tag, attrs in _parse(page).tags if tag == "div" and attrs.get("class") == "tile"]
     assert len(tiles) == metrics["n"]  # 12 test images < 16: every one is shown, hardest first
-    model = imgcls.load(run.run_dir).model
+    model = imgcls.load(run.run_dir).torch_module
     assert f"({sum(p.numel() for p in model.parameters()):,})" in text
-    temperature = torch.load(run.best_checkpoint, weights_only=False)["temperature"]
+    temperature = card(run.best_checkpoint).temperature
     assert f"T = {temperature:.3f}" in text
 
 
@@ -125,16 +126,18 @@ def test_report_command(run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "report: " in out and (tmp_path / "r.html").is_file()
     assert main(["report", str(tmp_path / "nowhere")]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert "model file not found" in capsys.readouterr().err
 
 
 def test_report_survives_a_moved_dataset(run, tmp_path):
     """Eval on other data when the run's own dataset is gone: no calibration refit, no counts."""
     classifier = imgcls.load(run.run_dir)
-    classifier.config.data.path = str(tmp_path / "moved-away")
-    classifier.calibration = None  # as if never fitted: the refit needs the (missing) val split
+    config = classifier.card.config
+    moved = {**config, "data": {**config["data"], "path": str(tmp_path / "moved-away")}}
+    # As if never fitted: the refit needs the (missing) val split.
+    classifier = classifier.with_card(classifier.card.replace(config=moved, calibration=None))
     other = make_class_folders(tmp_path / "other", per_class=2, start_seed=300)
-    metrics = classifier.evaluate(other, split="all", out_dir=tmp_path / "ev", report=True)
+    metrics = imgcls.evaluate(classifier, other, split="all", out_dir=tmp_path / "ev", report=True)
     text = _text(Path(metrics["files"]["report"]))
     assert "dataset not readable any more" in text and "No temperature has been fitted" in text
     assert metrics["n"] == 6

@@ -22,6 +22,7 @@ import imgcls
 from imgcls.cli import main
 from imgcls.deploy.batching import Batcher
 from imgcls.deploy.serve import check_exposure, create_app, is_loopback
+from imgcls.inference.unknown import UnknownRule
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 200)}
 
@@ -299,15 +300,13 @@ def test_explain_returns_a_grad_cam_overlay(client, exported):
 def test_open_set_rule_is_the_checkpoints_own_score(trained_run, tmp_path):
     # An energy threshold is a logsumexp value, not a probability: the server must apply the
     # same rule as `imgcls predict`, image for image.
-    from imgcls.evaluation.openset import UnknownRule
-
     classifier = imgcls.load(trained_run.checkpoint, device="cpu")
     paths = []
     for i, rgb in enumerate([*COLOURS.values(), (128, 128, 128), (250, 250, 250)]):
         paths.append(tmp_path / f"img{i}.png")
         paths[-1].write_bytes(_encoded(rgb))
-    scores = [row["unknown_score"] for row in _with_rule(classifier, UnknownRule(0.0, "energy")).predict(paths)]
-    classifier.unknown = UnknownRule(float(np.median(scores)), "energy")  # some in, some out
+    scores = [row["unknown_score"] for row in classifier.with_unknown_rule(UnknownRule(0.0, "energy")).predict(paths)]
+    classifier = classifier.with_unknown_rule(UnknownRule(float(np.median(scores)), "energy"))  # some in, some out
     expected = [row["unknown"] for row in classifier.predict(paths)]
     assert any(expected) and not all(expected)
     with TestClient(create_app(classifier)) as test_client:
@@ -315,7 +314,3 @@ def test_open_set_rule_is_the_checkpoints_own_score(trained_run, tmp_path):
         served = [p["unknown"] for p in test_client.post("/predict", files=files).json()["predictions"]]
     assert served == expected
 
-
-def _with_rule(classifier, rule):
-    classifier.unknown = rule
-    return classifier

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import torch
 from conftest import FAST, make_class_folders, make_image
+from run_files import card, state, weights
 from PIL import Image
 
 import imgcls
@@ -23,7 +24,7 @@ def _read_csv(path):
 def test_train_writes_a_complete_run(split_dataset, tmp_path):
     result = imgcls.train(split_dataset, out_dir=str(tmp_path / "runs"), name="r", **dict(FAST, epochs=2))
     run = result.run_dir
-    for name in ("config.yaml", "metrics.csv", "best.pt", "last.pt", "train.log"):
+    for name in ("config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", "last.state.pt", "train.log"):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
     rows = _read_csv(run / "metrics.csv")
@@ -33,9 +34,10 @@ def test_train_writes_a_complete_run(split_dataset, tmp_path):
     assert json.loads((run / "eval-test" / "eval.json").read_text())["n"] == 9
     config = imgcls.RunConfig.load(run / "config.yaml")
     assert config.model.name == "test_efficientnet" and config.data.path == str(split_dataset)
-    checkpoint = torch.load(run / "last.pt", weights_only=False)
-    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "rng", "classes", "preprocessing"):
-        assert key in checkpoint, key
+    saved = state(run)
+    assert saved.epoch == 2 and saved.optimizer["state"] and saved.scheduler is not None and saved.schedule == [2]
+    last = card(run / "last.safetensors")
+    assert last.classes == ["blue", "green", "red"] and last.epoch == 2 and last.preprocessing["image_size"] == 32
 
 
 def test_learns_the_colour_task(flat_dataset, tmp_path):
@@ -55,14 +57,14 @@ def test_resume_ends_with_the_same_weights(flat_dataset, tmp_path):
     options = dict(FAST, epochs=3, head_epochs=1, out_dir=str(tmp_path), workers=0)
     whole = imgcls.train(flat_dataset, name="whole", evaluate=False, **options)
     stopped = loop.train(imgcls.make_config(flat_dataset, name="stopped", **options), callbacks=[_stop_after(2)])
-    assert torch.load(stopped.run_dir / "last.pt", weights_only=False)["epoch"] == 2
+    assert state(stopped.run_dir).epoch == 2
     resumed = imgcls.train(resume=stopped.run_dir, evaluate=False)
-    a = torch.load(whole.run_dir / "last.pt", weights_only=False)
-    b = torch.load(resumed.run_dir / "last.pt", weights_only=False)
-    assert a["epoch"] == b["epoch"] == 3
-    for key, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][key]), key
-    assert [r["val_loss"] for r in a["history"]] == [r["val_loss"] for r in b["history"]]
+    a, b = state(whole.run_dir), state(resumed.run_dir)
+    assert a.epoch == b.epoch == 3
+    weights_a, weights_b = weights(whole.run_dir / "last.safetensors"), weights(resumed.run_dir / "last.safetensors")
+    for key, tensor in weights_a.items():
+        assert torch.equal(tensor, weights_b[key]), key
+    assert [r["val_loss"] for r in a.history] == [r["val_loss"] for r in b.history]
     assert len(_read_csv(resumed.run_dir / "metrics.csv")) == 3
 
 
@@ -119,7 +121,7 @@ def test_cli_train_eval_predict(split_dataset, tmp_path, capsys):
     folder = tmp_path / "unlabelled"
     make_class_folders(folder, per_class=2)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8garbage")
-    assert main(["predict", str(run / "best.pt"), str(folder), "--out", str(tmp_path / "p.csv"), "--topk", "2"]) == 0
+    assert main(["predict", str(run / "best.safetensors"), str(folder), "--out", str(tmp_path / "p.csv"), "--topk", "2"]) == 0
     preds = {r["path"].rsplit("/", 1)[-1]: r for r in _read_csv(tmp_path / "p.csv")}
     assert len(preds) == 7 and preds["broken.jpg"]["error"] and not preds["broken.jpg"]["label"]
     good = [r for name, r in preds.items() if name != "broken.jpg"]
@@ -131,8 +133,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("imgcls: error:") and "missing" in err and "\n" not in err
-    assert main(["eval", str(tmp_path / "nothing.pt")]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nothing.safetensors")]) == 2
+    assert "model file not found" in capsys.readouterr().err
 
 
 def test_api_predict_in_memory_images(flat_dataset, tmp_path):

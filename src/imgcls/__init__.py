@@ -1,7 +1,7 @@
 """imgcls: class folders in; a trained, evaluated and deployable image classifier out."""
 
-from imgcls.api import load, make_config, train
+from imgcls._version import __version__
+from imgcls.api import evaluate, load, make_config, report, train
 from imgcls.config import RunConfig
 
-__all__ = ["RunConfig", "load", "make_config", "train"]
-__version__ = "0.1.0"
+__all__ = ["RunConfig", "__version__", "evaluate", "load", "make_config", "report", "train"]

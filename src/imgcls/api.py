@@ -1,4 +1,9 @@
-"""The Python API, mirroring the CLI: ``imgcls.train``, ``imgcls.load``."""
+"""The Python API, mirroring the CLI: ``imgcls.train``, ``imgcls.load``, ``imgcls.evaluate``.
+
+This is where the jobs are put together: training, then the values fitted on the
+validation split (temperature, unknown threshold), which are computed by evaluation code,
+returned, and stored in the model card here, in one place; then evaluation and the report.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,21 @@ import os
 from pathlib import Path
 
 from imgcls.config import RunConfig
-from imgcls.deploy.predict import Classifier
-from imgcls.evaluation import openset
-from imgcls.evaluation.calibration import calibrate_classifier
+from imgcls.data.sources import DatasetError
+from imgcls.evaluation.calibration import fit_calibration
+from imgcls.evaluation.evaluate import Evaluation, evaluate as evaluate_set, load_split
+from imgcls.evaluation.openset import check_config as check_openset_config
+from imgcls.evaluation.openset import fit_unknown_setting
+from imgcls.evaluation.report import write_report
+from imgcls.inference import artifact
+from imgcls.inference.classifier import Classifier
+from imgcls.inference.loading import load
+from imgcls.inference.predictions import Predictions, at_temperature
 from imgcls.runtime import log
 from imgcls.training.loop import TrainResult
 from imgcls.training.loop import train as _train_loop
+
+__all__ = ["evaluate", "load", "make_config", "report", "train"]
 
 
 def make_config(data: str | Path | None = None, config: RunConfig | str | Path | None = None,
@@ -27,54 +41,107 @@ def make_config(data: str | Path | None = None, config: RunConfig | str | Path |
 
 
 def train(data: str | Path | None = None, *, config: RunConfig | str | Path | None = None,
-          resume: str | Path | None = None, evaluate: bool = True, **options) -> TrainResult:
+          resume: str | Path | None = None, evaluate: bool = True, callbacks=(), **options) -> TrainResult:
     """Train on ``data``; with ``resume=RUN_DIR`` continue that run (options may extend it,
-    e.g. ``epochs=10``). The best checkpoint is evaluated on val (and test) at the end."""
+    e.g. ``epochs=10``; see ``docs/usage.md`` for what may change on resume).
+
+    After training, the temperature (and, if asked, the unknown threshold) is fitted on val
+    and stored in ``best.safetensors``; with ``evaluate`` the best model is then evaluated on
+    val (and test), writing ``eval-<split>/`` and ``report.html``. ``callbacks``: functions
+    ``(trainer, epoch_row)`` called after every epoch.
+    """
     if resume is not None and config is None:
         run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
         config = run_dir / "config.yaml"
     run_config = make_config(data, config, **options)
-    openset.check_config(run_config)
-    result = _train_loop(run_config, resume=resume)
-    if not evaluate and int(os.environ.get("RANK", "0")) == 0 and run_config.train.unknown_threshold is not None:
-        openset.fit_unknown_threshold(Classifier.load(result.best_checkpoint), run_config)
-    if evaluate and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 evaluates alone
-        classifier = Classifier.load(result.best_checkpoint)
-        _reuse_val_predictions(classifier, result)
-        calibrate_classifier(classifier)  # temperature scaling on val, stored in best.pt
-        openset.fit_unknown_threshold(classifier, run_config)  # --unknown-threshold: after T, on the same scores
+    check_openset_config(run_config)
+    result = _train_loop(run_config, resume=resume, callbacks=list(callbacks))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 finishes alone
+        return result
+    classifier = load(result.best_checkpoint)
+    raw_val = _reusable_val_predictions(classifier, result)
+    classifier, raw_val = fit_on_validation(classifier, raw_val)
+    if evaluate:
         splits = [split for split in ("val", "test") if split in result.splits]
         for split in splits:
             # The report covers the split `imgcls eval` defaults to: test when there is one.
-            report = result.run_dir / "report.html" if split == splits[-1] and run_config.train.report else False
-            result.metrics[split] = classifier.evaluate(None, split=split, report=report)
-            log.info("%s: top-1 %.4f  macro-F1 %.4f  (%s)", split, result.metrics[split]["top1"],
-                     result.metrics[split]["f1_macro"], result.metrics[split]["files"]["json"])
+            with_report = split == splits[-1] and run_config.train.report
+            evaluation = evaluate_set(classifier, None, split, raw=raw_val if split == "val" else None)
+            if with_report:
+                evaluation.metrics["files"]["report"] = str(write_report(classifier, evaluation,
+                                                                         result.run_dir / "report.html"))
+            result.metrics[split] = evaluation.metrics
+            log.info("%s: top-1 %.4f  macro-F1 %.4f  (%s)", split, evaluation.metrics["top1"],
+                     evaluation.metrics["f1_macro"], evaluation.metrics["files"]["json"])
     return result
 
 
-def _reuse_val_predictions(classifier: Classifier, result: TrainResult) -> None:
-    """Hand the best epoch's val predictions to the evaluation that follows, when they cover
-    exactly the split it will read (same files, same order, every image decoded)."""
-    from imgcls.data.sources import DatasetError
-    from imgcls.evaluation.evaluate import load_split
-
+def _reusable_val_predictions(classifier: Classifier, result: TrainResult) -> Predictions | None:
+    """The best epoch's val predictions when they cover exactly the split the fitting and the
+    evaluation read (same files, same order, every image decoded): the model does not change
+    in between, so it need not run over the same images again."""
     best = result.best_val
     if best is None or best.logits is None or len(best.indices) != len(result.val_paths):
-        return
+        return None
     try:
         _, samples = load_split(None, classifier.config, "val")
     except (DatasetError, OSError):
-        return
-    if [str(s.path) for s in samples] == [str(p) for p in result.val_paths]:
-        classifier.remember(samples, best)
+        return None
+    return best if [str(s.path) for s in samples] == [str(p) for p in result.val_paths] else None
 
 
-def load(path: str | Path, device: str = "auto") -> Classifier:
-    """Load a checkpoint file, run folder (its best.pt) or exported ``.onnx`` file for
-    prediction and evaluation (an ONNX file runs on ONNX Runtime, with the same interface)."""
-    if str(path).lower().endswith(".onnx"):
-        from imgcls.deploy.onnx_model import OnnxClassifier
+def fit_on_validation(classifier: Classifier, raw_val: Predictions | None = None, batch_size: int = 64,
+                      workers: int | None = None) -> tuple[Classifier, Predictions | None]:
+    """Fit the temperature, then the unknown rule the run asks for, on the run's val split;
+    store both in the model file's card (the one place fitted values are applied) and return
+    the updated classifier and the temperature-1 val predictions (None when the run's val
+    images cannot be read any more: the stored values are then kept)."""
+    try:
+        _, samples = load_split(None, classifier.config, "val")
+    except (DatasetError, OSError) as err:
+        log.warning("temperature scaling skipped: the run's validation split is not readable (%s)", err)
+        return classifier, None
+    if raw_val is None:
+        index = {name: i for i, name in enumerate(classifier.classes)}
+        raw_val = classifier.predictions([s.path for s in samples], [index[s.label] for s in samples],
+                                         batch_size, workers, temperature=1.0)
+    calibration = fit_calibration(raw_val)
+    temperature = calibration["temperature"]
+    unknown = fit_unknown_setting(classifier.config.train, at_temperature(raw_val, temperature), temperature)
+    changes = {"temperature": temperature, "calibration": calibration, "unknown": unknown}
+    try:
+        card = artifact.update_card(classifier.source, **changes)
+    except OSError as err:  # a read-only model file still gets a report; the values are used in memory
+        log.warning("%s: cannot store the fitted values (%s); they are used for this run only", classifier.source, err)
+        card = classifier.card.replace(**changes)
+    return classifier.with_card(card), raw_val
 
-        return OnnxClassifier.load(path, device)
-    return Classifier.load(path, device)
+
+def evaluate(model: Classifier | str | Path, data: str | Path | None = None, split: str | None = None,
+             out_dir: str | Path | None = None, batch_size: int = 64, workers: int | None = None,
+             report: bool | str | Path = False, unknown: str | Path | None = None, device: str = "auto") -> dict:
+    """Full metrics of ``model`` (a classifier or a path for :func:`load`) on one evaluation
+    set; writes ``eval.json`` and CSVs (see :mod:`imgcls.evaluation.evaluate` for which set
+    and where). ``report``: also write the HTML report (True: ``report.html`` beside
+    eval.json, or this path); a model whose temperature was never fitted is first
+    calibrated on its run's val split. Returns the metrics (``files`` lists what was written).
+    """
+    classifier = model if isinstance(model, Classifier) else load(model, device=device)
+    if classifier.backend.name != "pytorch":
+        report = False  # Grad-CAM and the size table need the PyTorch network
+    if report and classifier.card.calibration is None and classifier.run_dir is not None:
+        classifier, _ = fit_on_validation(classifier, batch_size=batch_size, workers=workers)
+    evaluation: Evaluation = evaluate_set(classifier, data, split, out_dir, batch_size, workers, unknown)
+    if report:
+        target = Path(evaluation.metrics["files"]["json"]).parent / "report.html" if report is True else Path(report)
+        evaluation.metrics["files"]["report"] = str(write_report(classifier, evaluation, target))
+    return evaluation.metrics
+
+
+def report(path: str | Path, data: str | Path | None = None, split: str | None = None,
+           out: str | Path | None = None, device: str = "auto", batch_size: int = 64,
+           workers: int | None = None) -> dict:
+    """``imgcls report``: evaluate ``split`` and write the report (default ``<run>/report.html``)."""
+    classifier = load(path, device)
+    target = Path(out) if out else (classifier.run_dir or Path.cwd()) / "report.html"
+    return evaluate(classifier, data, split, batch_size=batch_size, workers=workers, report=target)

@@ -13,7 +13,28 @@ import types
 import typing
 from pathlib import Path
 
+from imgcls import api
+from imgcls.apps import doctor
+from imgcls.apps.augment_preview import augment_preview
+from imgcls.apps.cifar100 import convert_cifar100
+from imgcls.apps.convert import convert_legacy
+from imgcls.apps.demo import run_demo
+from imgcls.apps.doctor.report import blocking_note, summary
 from imgcls.config import SECTIONS, ConfigError, RunConfig, iter_options
+from imgcls.deploy.export import export_checkpoint
+from imgcls.deploy.serve import ServeSettings, serve
+from imgcls.errors import UserError
+from imgcls.evaluation.explain import explain_files
+from imgcls.evaluation.leaderboard import format_table, leaderboard, write_csv, write_markdown
+from imgcls.evaluation.openset import format_openset_lines
+from imgcls.inference.rows import write_predictions_csv
+from imgcls.metrics.classification import format_metrics_table
+from imgcls.metrics.hierarchy import format_hierarchy_lines
+from imgcls.training import distributed
+
+# ValueError too: option checks (--freeze, --optimizer, ...) raise it with a message that
+# names the flag and the accepted values.
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, PermissionError)
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -61,16 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last.pt")
     _add_config_flags(train)
 
-    ev = sub.add_parser("eval", help="metrics of a checkpoint on a dataset split")
-    _add_split_args(ev, "checkpoint file, run folder or exported .onnx file",
-                    "folder for eval.json and CSVs (default: <run>/eval-<split>)")
+    ev = sub.add_parser("eval", help="metrics of a model on a dataset split, or on a whole folder of class folders")
+    _add_split_args(ev, "run folder, .safetensors model file or exported .onnx file",
+                    "folder for eval.json and CSVs (default: <run>/eval-<split> for the run's own data, "
+                    "<run>/eval-on-<data>[-<split>] for other data)")
     ev.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                     help="also write report.html beside eval.json (default: yes; not for .onnx files)")
     ev.add_argument("--unknown", metavar="DIR", help="out-of-distribution images for open-set AUROC / FPR@95%%TPR "
                     "(default: the split's unknown/ folder, e.g. DATA/test/unknown/)")
 
     pr = sub.add_parser("predict", help="predict files and folders to CSV")
-    pr.add_argument("checkpoint", help="checkpoint file, run folder or exported .onnx file")
+    pr.add_argument("checkpoint", help="run folder, .safetensors model file or exported .onnx file")
     pr.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
     pr.add_argument("--out", default="predictions.csv", help="CSV to write")
     pr.add_argument("--topk", type=int, default=3)
@@ -91,10 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="self-contained HTML report of a run: metrics, curves, calibration, "
                                        "hardest images with Grad-CAM, model size")
-    _add_split_args(rp, "run folder or checkpoint file", "HTML file to write (default: <run>/report.html)")
+    _add_split_args(rp, "run folder or .safetensors model file", "HTML file to write (default: <run>/report.html)")
 
     xp = sub.add_parser("explain", help="Grad-CAM overlays (PNG) for the top-k classes of images")
-    xp.add_argument("checkpoint", help="checkpoint file or run folder")
+    xp.add_argument("checkpoint", help="run folder or .safetensors model file")
     xp.add_argument("paths", nargs="+", metavar="IMAGE", help="image files and/or folders (searched recursively)")
     xp.add_argument("--topk", type=int, default=3, help="classes to explain per image")
     xp.add_argument("--out", default="explanations", help="folder for the PNG files")
@@ -137,12 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--random-erasing", type=float, help="random erasing probability (default: the recipe's, else 0)")
     ap.add_argument("--seed", type=int, default=0)
 
+    cv = sub.add_parser("convert", help="convert an old pickled checkpoint (imgcls < 0.2: best.pt / last.pt) "
+                        "to safetensors model files, reading it with a restricted unpickler")
+    cv.add_argument("checkpoint", help="the .pt file, or a run folder holding best.pt / last.pt")
+
     demo = sub.add_parser("demo", help="train, evaluate and predict on the bundled sample dataset")
     demo.add_argument("--out", default="runs", help="folder for the run and the extracted data")
     demo.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
 
     ex = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch")
-    ex.add_argument("checkpoint", help="checkpoint file or run folder")
+    ex.add_argument("checkpoint", help="run folder or .safetensors model file")
     ex.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
     ex.add_argument("--out", help="file to write (default: the checkpoint's name with .onnx)")
     ex.add_argument("--opset", type=int, default=18, help="ONNX opset version")
@@ -153,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--calibration-images", type=int, default=128, help="training images to calibrate --int8 on")
 
     sv = sub.add_parser("serve", help="HTTP prediction server with an upload page")
-    sv.add_argument("model", help="checkpoint file, run folder or exported .onnx file")
+    sv.add_argument("model", help="run folder, .safetensors model file or exported .onnx file")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (non-loopback needs an API key)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
@@ -199,13 +225,10 @@ def _train_config(args: argparse.Namespace) -> tuple[RunConfig, dict]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from imgcls.api import train
-    from imgcls.training import distributed
-
     config, _ = _train_config(args)
     if config.train.devices > 1 and not distributed.launched_by_torchrun():
         return distributed.launch(config.train.devices, args.argv)
-    result = train(config=config, resume=args.resume)
+    result = api.train(config=config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         _print_outputs(result)
     return 0
@@ -223,21 +246,12 @@ def _print_outputs(result) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from imgcls.api import load
-    from imgcls.evaluation.metrics import format_metrics_table
-
-    classifier = load(args.checkpoint, device=args.device)
-    report = args.report and not str(args.checkpoint).lower().endswith(".onnx")
-    metrics = classifier.evaluate(args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
-                                  report=report, unknown=args.unknown)
+    metrics = api.evaluate(args.checkpoint, args.data, split=args.split, out_dir=args.out,
+                           batch_size=args.batch_size, report=args.report, unknown=args.unknown, device=args.device)
     print(format_metrics_table(metrics))
     if "coarse" in metrics:
-        from imgcls.evaluation.hierarchy_metrics import format_hierarchy_lines
-
         print("\n" + "\n".join(format_hierarchy_lines(metrics)))
     if "openset" in metrics:
-        from imgcls.evaluation.openset import format_openset_lines
-
         print("\n" + "\n".join(format_openset_lines(metrics["openset"])))
     for item in metrics["skipped"]:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
@@ -248,9 +262,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from imgcls.evaluation.report import report_run
-
-    metrics = report_run(args.checkpoint, args.data, split=args.split, out=args.out, device=args.device,
+    metrics = api.report(args.checkpoint, args.data, split=args.split, out=args.out, device=args.device,
                          batch_size=args.batch_size)
     print(f"{metrics['split']}: top-1 {metrics['top1']:.4f}  top-{metrics['topk']} {metrics['topk_accuracy']:.4f}  "
           f"macro-F1 {metrics['f1_macro']:.4f}  ECE {metrics['ece']:.4f}")
@@ -259,10 +271,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from imgcls.api import load
-    from imgcls.evaluation.explain import explain_files
-
-    rows = explain_files(load(args.checkpoint, device=args.device), args.paths, args.out, topk=args.topk,
+    rows = explain_files(api.load(args.checkpoint, device=args.device), args.paths, args.out, topk=args.topk,
                          size=args.size)
     for row in rows:
         if row["error"]:
@@ -273,8 +282,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from imgcls.evaluation.leaderboard import format_table, leaderboard, write_csv, write_markdown
-
     rows = leaderboard(args.folder, sort=args.sort, reverse=args.reverse)
     if not rows:
         print(f"no runs found under {args.folder}", file=sys.stderr)
@@ -286,28 +293,23 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from imgcls.api import load
-    from imgcls.deploy.predict import write_predictions_csv
-
-    classifier = load(args.checkpoint, device=args.device)
+    classifier = api.load(args.checkpoint, device=args.device)
     if args.unknown_threshold is not None or args.unknown_score is not None:
-        threshold = classifier.unknown_threshold if args.unknown_threshold is None else args.unknown_threshold
-        classifier.unknown = classifier.unknown.replaced(threshold, args.unknown_score)
+        threshold = classifier.unknown.threshold if args.unknown_threshold is None else args.unknown_threshold
+        classifier = classifier.with_unknown_rule(classifier.unknown.replaced(threshold, args.unknown_score))
     rows = classifier.predict(args.paths, topk=args.topk, batch_size=args.batch_size, workers=None)
     out = write_predictions_csv(rows, args.out, args.topk)
     errors = [r for r in rows if r["error"]]
     for row in errors:
         print(f"could not read {row['path']}: {row['error']}", file=sys.stderr)
     rejected = sum(bool(r.get("unknown")) for r in rows)
-    note = f" ({rejected} unknown: {classifier.unknown_score} < {classifier.unknown_threshold:.4g})" \
-        if classifier.unknown_threshold is not None else ""
+    note = f" ({rejected} unknown: {classifier.unknown.score} < {classifier.unknown.threshold:.4g})" \
+        if classifier.unknown.active else ""
     print(f"{len(rows) - len(errors)} images predicted{note}, {len(errors)} unreadable -> {out}")
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from imgcls.data.cifar100 import convert_cifar100
-
     result = convert_cifar100(args.to, archive=args.archive)
     counts = ", ".join(f"{n} {split}" for split, n in result["counts"].items())
     print(f"CIFAR-100: {counts} images, {result['fine_classes']} fine / {result['coarse_classes']} coarse classes "
@@ -317,8 +319,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_augment_preview(args: argparse.Namespace) -> int:
-    from imgcls.data.augment_preview import augment_preview
-
     data = RunConfig.load(_resolve_recipe(args.recipe)).data if args.recipe else RunConfig().data
     out = augment_preview(args.data, args.out, preset=args.preset or data.augment, n=args.n, per_image=args.per_image,
                           image_size=args.image_size or data.image_size or 224,
@@ -329,16 +329,11 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from imgcls.demo import run_demo
-
     run_demo(Path(args.out), epochs=args.epochs)
     return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from imgcls.data import doctor
-    from imgcls.data.doctor.report import blocking_note, summary
-
     if args.restore:
         result = doctor.restore(Path(args.data))
         for path, why in result.left:
@@ -364,8 +359,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from imgcls.deploy.export import export_checkpoint
-
     report = export_checkpoint(args.checkpoint, args.out, opset=args.opset, int8=args.int8,
                                int8_mode=args.int8_mode, data=args.data, calibration_images=args.calibration_images)
     print(report.summary())
@@ -373,8 +366,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from imgcls.deploy.serve import ServeSettings, serve
-
     settings = ServeSettings(model=args.model, host=args.host, port=args.port, workers=args.workers,
                              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_body_mb=args.max_body_mb,
                              max_images=args.max_images, topk=args.topk, device=args.device, threads=args.threads)
@@ -382,15 +373,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from imgcls.errors import USER_ERRORS
+def cmd_convert(args: argparse.Namespace) -> int:
+    for line in convert_legacy(Path(args.checkpoint)):
+        print(line)
+    return 0
 
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     handler = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo, "doctor": cmd_doctor,
                "export": cmd_export, "serve": cmd_serve, "report": cmd_report, "explain": cmd_explain,
-               "runs": cmd_runs, "augment-preview": cmd_augment_preview, "data": cmd_data}[args.command]
+               "runs": cmd_runs, "augment-preview": cmd_augment_preview, "data": cmd_data,
+               "convert": cmd_convert}[args.command]
     try:
         return handler(args)
     except USER_ERRORS as err:

@@ -8,6 +8,7 @@ flag, a YAML key and a Python keyword.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,10 +17,35 @@ from typing import Any
 
 import yaml
 
+from imgcls.errors import UserError
 
-def _opt(default: Any, help: str, flag: str | None = None, **extra: Any) -> Any:
-    """A dataclass field with CLI metadata; ``flag`` overrides the derived ``--field-name``."""
-    metadata = {"help": help, "flag": flag, **extra}
+
+# The accepted values of choice options, declared here once; the modules that act on them
+# import these names, so the check when a config is read and the code cannot drift apart.
+AUGMENT_PRESETS = ("default", "none", "keras", "color", "randaugment", "trivialaugment")
+CACHE_MODES = ("auto", "ram", "disk", "none")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("cosine", "plateau", "none")
+BALANCE_MODES = ("none", "weights", "sampler", "oversample", "undersample")
+FINETUNE_MODES = ("auto", "always", "never")
+UNKNOWN_SCORES = ("msp", "energy")
+FREEZE_PATTERN = r"none|backbone|half|all-but-last:(\d+)"
+HEAD_PATTERN = r"linear|mlp:\d+(,\d+)*"
+MONITOR_PATTERN = r"(train|val)_(loss|acc)|val_top\d+|val_coarse_(loss|acc)|val_consistency"
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+
+
+def _opt(default: Any, help: str, flag: str | None = None, *, choices: tuple | None = None,
+         pattern: str | None = None, low: float | None = None, high: float | None = None,
+         open_low: bool = False, open_high: bool = False, **extra: Any) -> Any:
+    """A dataclass field with CLI metadata; ``flag`` overrides the derived ``--field-name``.
+
+    The value checks (``choices``, a regular expression ``pattern`` over the whole value,
+    a numeric range [``low``, ``high``], open at either end when asked) run whenever a
+    config is built, so a bad value stops the run before any image is opened.
+    """
+    metadata = {"help": help, "flag": flag, "choices": choices, "pattern": pattern, "low": low, "high": high,
+                "open_low": open_low, "open_high": open_high, **extra}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -30,18 +56,20 @@ class DataConfig:
     path: str | None = _opt(None, "dataset folder or CSV manifest", cli=False)
     train_dirs: list[str] = _opt([], "extra train folder(s) merged by class name (repeatable)", flag="--train")
     val_dir: str | None = _opt(None, "explicit validation folder of class folders", flag="--val")
-    val_fraction: float = _opt(0.15, "share of each class held out for validation when no val split exists")
+    val_fraction: float = _opt(0.15, "share of each class held out for validation when no val split exists",
+                               low=0.0, high=1.0, open_low=True, open_high=True)
     split_seed: int = _opt(0, "seed of the reproducible train/val split")
-    image_size: int | None = _opt(None, "training image size (default: the backbone's pretrained size)")
+    image_size: int | None = _opt(None, "training image size (default: the backbone's pretrained size)", low=8)
     mean: list[float] | None = _opt(None, "normalisation mean (default: from the backbone)", cli=False)
     std: list[float] | None = _opt(None, "normalisation std (default: from the backbone)", cli=False)
     augment: str = _opt("default", "train augmentation preset: default | none | keras | color | randaugment | "
-                                   "trivialaugment (see imgcls augment-preview)")
-    random_erasing: float = _opt(0.0, "probability of erasing a random rectangle of each training image")
-    batch_size: int = _opt(32, "images per optimisation step, over all devices and accumulation steps")
-    workers: int | None = _opt(None, "data-loading worker processes (default: one per CPU core, at most 8)")
+                                   "trivialaugment (see imgcls augment-preview)", choices=AUGMENT_PRESETS)
+    random_erasing: float = _opt(0.0, "probability of erasing a random rectangle of each training image",
+                                 low=0.0, high=1.0)
+    batch_size: int = _opt(32, "images per optimisation step, over all devices and accumulation steps", low=1)
+    workers: int | None = _opt(None, "data-loading worker processes (default: one per CPU core, at most 8)", low=0)
     cache: str = _opt("auto", "decode images once: ram | disk (numpy memmap) | none | auto (ram if it fits, "
-                              "else disk)")
+                              "else disk)", choices=CACHE_MODES)
     cache_dir: str | None = _opt(None, "folder of the disk pixel cache (default: $IMGCLS_CACHE or ~/.cache/imgcls)")
     hierarchy: str | None = _opt(None, "coarse labels over the classes: folders (<coarse>/<fine>/ layout) | cifar100 | "
                                        "a fine,coarse CSV file (docs/hierarchy.md)")
@@ -55,58 +83,69 @@ class ModelConfig:
                      flag="--model")
     pretrained: bool = _opt(True, "start from pretrained weights (offline package, --weights, or the timm hub)")
     weights: str | None = _opt(None, "path to a backbone state dict to start from")
-    head: str = _opt("linear", "classifier head: linear | mlp:512,256")
-    dropout: float = _opt(0.2, "dropout before the classifier (and in MLP heads)")
-    head_l2: float = _opt(0.0, "L2 penalty on the MLP head's dense weights (Keras-style, added to the loss)")
-    freeze: str = _opt("none", "what stays frozen while fine-tuning: none | backbone | half | all-but-last:N")
+    head: str = _opt("linear", "classifier head: linear | mlp:512,256", pattern=HEAD_PATTERN)
+    dropout: float = _opt(0.2, "dropout before the classifier (and in MLP heads)", low=0.0, high=1.0, open_high=True)
+    head_l2: float = _opt(0.0, "L2 penalty on the MLP head's dense weights (Keras-style, added to the loss)", low=0.0)
+    freeze: str = _opt("none", "what stays frozen while fine-tuning: none | backbone | half | all-but-last:N",
+                       pattern=FREEZE_PATTERN)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = _opt(12, "total epochs, including the head-only phase")
+    epochs: int = _opt(12, "total epochs, including the head-only phase", low=1)
     head_epochs: int | None = _opt(None, "first phase: epochs with the whole backbone frozen (0 = single phase; "
-                                         "default: 8 for a pretrained backbone, 0 for one trained from scratch)")
+                                         "default: 8 for a pretrained backbone, 0 for one trained from scratch)",
+                                   low=0)
     finetune: str = _opt("auto", "after the head phase: always | never | auto (fine-tune only when the frozen "
-                                 "features underfit: the head's clean train top-1 is below --finetune-below)")
+                                 "features underfit: the head's clean train top-1 is below --finetune-below)",
+                         choices=FINETUNE_MODES)
     bn_eval: bool = _opt(True, "fine-tuning a pretrained backbone: its BatchNorm layers keep their pretrained "
                                "statistics (Keras's advice; batch statistics of a new domain wreck the features)")
-    finetune_below: float = _opt(0.95, "--finetune auto: fine-tune when the head's clean train top-1 is below this")
-    optimizer: str = _opt("adamw", "adamw | adam | sgd")
-    lr: float = _opt(1e-3, "learning rate of the head")
+    finetune_below: float = _opt(0.95, "--finetune auto: fine-tune when the head's clean train top-1 is below this",
+                                 low=0.0)
+    optimizer: str = _opt("adamw", "adamw | adam | sgd", choices=OPTIMIZERS)
+    lr: float = _opt(1e-3, "learning rate of the head", low=0.0, open_low=True)
     backbone_lr: float | None = _opt(None, "learning rate of the backbone (default: lr / 10 for a pretrained "
-                                                         "backbone, lr from scratch)")
-    weight_decay: float = _opt(0.01, "decoupled weight decay (not applied to biases and norms)")
-    momentum: float = _opt(0.9, "SGD momentum")
-    label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss")
+                                                         "backbone, lr from scratch)", low=0.0)
+    weight_decay: float = _opt(0.01, "decoupled weight decay (not applied to biases and norms)", low=0.0)
+    momentum: float = _opt(0.9, "SGD momentum", low=0.0, high=1.0, open_high=True)
+    label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss", low=0.0, high=1.0, open_high=True)
     balance: str = _opt("none", "class imbalance: none | weights (class-weighted loss) | sampler (class-balanced "
-                                "draws) | oversample | undersample (equal class counts; docs/doctor.md)")
-    coarse_weight: float = _opt(1.0, "hierarchical models: weight of the coarse cross-entropy in the loss")
-    fine_weight: float = _opt(1.0, "hierarchical models: weight of the fine cross-entropy in the loss")
+                                "draws) | oversample | undersample (equal class counts; docs/doctor.md)",
+                        choices=BALANCE_MODES)
+    coarse_weight: float = _opt(1.0, "hierarchical models: weight of the coarse cross-entropy in the loss", low=0.0)
+    fine_weight: float = _opt(1.0, "hierarchical models: weight of the fine cross-entropy in the loss", low=0.0)
     unknown_threshold: str | float | None = _opt(None, "open-set rejection: auto (fitted on val) or a score "
-                                                       "value; below it predict says unknown (docs/openset.md)")
-    unknown_score: str = _opt("msp", "open-set score: msp (max softmax probability) | energy (logsumexp of logits)")
-    unknown_keep: float = _opt(0.95, "--unknown-threshold auto: share of known validation images kept")
-    mixup: float = _opt(0.0, "MixUp alpha (0 = off; 0.2 is typical): blend image pairs and their labels")
-    cutmix: float = _opt(0.0, "CutMix alpha (0 = off; 1.0 is typical): paste a patch of another image")
-    mix_prob: float = _opt(1.0, "probability that a batch is mixed (MixUp / CutMix)")
-    mix_switch_prob: float = _opt(0.5, "with both MixUp and CutMix on: probability of CutMix for a mixed batch")
-    scheduler: str = _opt("cosine", "cosine | plateau | none")
-    warmup_epochs: float = _opt(0.0, "linear warm-up length in epochs (cosine)")
-    plateau_factor: float = _opt(0.5, "LR multiplier on plateau")
-    plateau_patience: int = _opt(2, "epochs without improvement before the LR drops")
-    monitor: str = _opt("val_acc", "metric that picks best.pt and drives early stopping / plateau")
+                                                       "value; below it predict says unknown (docs/openset.md)",
+                                                 pattern=r"auto|none|off|[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+    unknown_score: str = _opt("msp", "open-set score: msp (max softmax probability) | energy (logsumexp of logits)",
+                              choices=UNKNOWN_SCORES)
+    unknown_keep: float = _opt(0.95, "--unknown-threshold auto: share of known validation images kept",
+                               low=0.0, high=1.0, open_low=True)
+    mixup: float = _opt(0.0, "MixUp alpha (0 = off; 0.2 is typical): blend image pairs and their labels", low=0.0)
+    cutmix: float = _opt(0.0, "CutMix alpha (0 = off; 1.0 is typical): paste a patch of another image", low=0.0)
+    mix_prob: float = _opt(1.0, "probability that a batch is mixed (MixUp / CutMix)", low=0.0, high=1.0)
+    mix_switch_prob: float = _opt(0.5, "with both MixUp and CutMix on: probability of CutMix for a mixed batch",
+                                  low=0.0, high=1.0)
+    scheduler: str = _opt("cosine", "cosine | plateau | none", choices=SCHEDULERS)
+    warmup_epochs: float = _opt(0.0, "linear warm-up length in epochs (cosine)", low=0.0)
+    plateau_factor: float = _opt(0.5, "LR multiplier on plateau", low=0.0, high=1.0, open_low=True, open_high=True)
+    plateau_patience: int = _opt(2, "epochs without improvement before the LR drops", low=0)
+    monitor: str = _opt("val_acc", "metric that picks best.safetensors and drives early stopping / plateau: "
+                                   "val_acc | val_loss | val_topK | train_acc | train_loss | val_coarse_acc ...",
+                        pattern=MONITOR_PATTERN)
     feature_cache: bool = _opt(True, "while the backbone is frozen, train the head on features computed once")
     feature_views: int = _opt(1, "cached feature views per train image: 1 = the clean eval view, K = K augmented "
-                                 "views used in turn")
-    early_stopping: int | None = _opt(None, "stop after this many epochs without improvement")
-    grad_clip: float | None = _opt(None, "clip the gradient norm to this value")
+                                 "views used in turn", low=1)
+    early_stopping: int | None = _opt(None, "stop after this many epochs without improvement", low=1)
+    grad_clip: float | None = _opt(None, "clip the gradient norm to this value", low=0.0, open_low=True)
     amp: bool = _opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
-    topk: int = _opt(3, "k of the top-k accuracy")
+    topk: int = _opt(3, "k of the top-k accuracy", low=1)
     report: bool = _opt(True, "write report.html after training (metrics, curves, calibration, Grad-CAM, size)")
     seed: int = _opt(0, "seed of weights init, data order and augmentation")
-    device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps")
-    devices: int = _opt(1, "processes (GPUs) to train on; >1 launches torchrun with DDP")
-    accumulate: int = _opt(1, "gradient accumulation: micro-batches per optimiser step")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps", pattern=DEVICE_PATTERN)
+    devices: int = _opt(1, "processes (GPUs) to train on; >1 launches torchrun with DDP", low=1)
+    accumulate: int = _opt(1, "gradient accumulation: micro-batches per optimiser step", low=1)
     sync_bn: bool = _opt(False, "synchronise BatchNorm statistics across DDP processes")
     channels_last: bool = _opt(True, "channels_last memory format (faster convolutions on CUDA and CPU)")
     compile: bool = _opt(False, "torch.compile the model (CUDA; slow first epoch)")
@@ -150,7 +189,7 @@ class RunConfig:
         return RunConfig.from_dict(merged)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value or file that cannot be used."""
 
 
@@ -165,6 +204,28 @@ def iter_options():
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             yield section, f
+
+
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}, "name": "r"}`` -> ``{"train.lr": 0.1, "name": "r"}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key in SECTIONS and not prefix:
+            flat.update(flatten(value, f"{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of a dotted config key (``train.lr`` -> ``--lr``)."""
+    if key == "data.path":
+        return "DATA"
+    section, _, name = key.rpartition(".")
+    for sec, f in iter_options():
+        if sec == section and f.name == name:
+            return f.metadata.get("flag") or "--" + name.replace("_", "-")
+    return "--" + name.replace("_", "-")
 
 
 def _locate(key: str) -> tuple[str, str]:
@@ -192,7 +253,33 @@ def _build(cls: type, values: dict, where: str) -> Any:
             kwargs[name] = _build(kind, value or {}, name)
         else:
             kwargs[name] = _coerce(value, kind, f"{where}.{name}".strip("."))
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    for f in dataclasses.fields(cls):
+        if not dataclasses.is_dataclass(hints[f.name]):
+            _check_value(f, getattr(built, f.name), f"{where}.{f.name}".strip("."))
+    return built
+
+
+def _check_value(f: dataclasses.Field, value: Any, key: str) -> None:
+    """The declared checks of one option; raises ConfigError naming its flag."""
+    meta = f.metadata
+    if value is None or not meta:
+        return
+    flag = flag_name(key) if "." in key else "--" + key.replace("_", "-")
+    choices, pattern = meta.get("choices"), meta.get("pattern")
+    if choices and value not in choices:
+        raise ConfigError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
+    if pattern and not re.fullmatch(pattern, str(value).strip(), flags=re.IGNORECASE):
+        raise ConfigError(f"{flag} {value!r}: not a valid value ({meta['help']})")
+    low, high = meta.get("low"), meta.get("high")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        too_low = low is not None and (value <= low if meta.get("open_low") else value < low)
+        too_high = high is not None and (value >= high if meta.get("open_high") else value > high)
+        if too_low or too_high:
+            left = "(" if meta.get("open_low") or low is None else "["
+            right = ")" if meta.get("open_high") or high is None else "]"
+            span = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
+            raise ConfigError(f"{flag} {value!r}: must be in {span}")
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:

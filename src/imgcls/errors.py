@@ -1,16 +1,15 @@
-"""Errors that mean bad input, not a bug: the CLI prints them as one line, no traceback.
+"""The one base class of errors that mean bad input, not a bug.
 
-Set IMGCLS_DEBUG=1 to see the traceback anyway.
+Every module raises its own subclass (``ConfigError``, ``DatasetError``, ``CheckpointError``
+...); the CLI prints any :class:`UserError` as one line, without a traceback (set
+``IMGCLS_DEBUG=1`` to see it anyway). This module sits at the bottom of the layers so that
+every package can subclass it without importing the packages above it.
 """
 
-from imgcls.config import ConfigError
-from imgcls.data.images import ImageDecodeError
-from imgcls.data.sources import DatasetError
-from imgcls.models.backbones import WeightsError
-from imgcls.models.heads import HeadSpecError
-from imgcls.training.checkpoint import CheckpointError
 
-# ValueError too: option checks (--freeze, --optimizer, ...) raise it with a message that
-# names the flag and the accepted values.
-USER_ERRORS = (ConfigError, DatasetError, HeadSpecError, WeightsError, CheckpointError, ImageDecodeError,
-               ValueError, FileNotFoundError, PermissionError)
+class UserError(Exception):
+    """Input that cannot be used; ``str()`` names the file, folder or option and what is wrong."""
+
+
+class CheckpointError(UserError):
+    """A model or training-state file that cannot be read, or does not fit what it is used with."""

@@ -20,9 +20,9 @@ import torch
 from sklearn.utils import resample
 from sklearn.utils.class_weight import compute_class_weight
 
+from imgcls.config import BALANCE_MODES
 from imgcls.runtime import log
 
-BALANCE_MODES = ("none", "weights", "sampler", "oversample", "undersample")
 T = TypeVar("T")
 
 

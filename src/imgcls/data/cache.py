@@ -23,11 +23,11 @@ import numpy as np
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from imgcls.config import CACHE_MODES
 from imgcls.data.images import ImageDecodeError, load_rgb
 from imgcls.data.transforms import Preprocessing
 from imgcls.runtime import log, progress
 
-CACHE_MODES = ("auto", "ram", "disk", "none")
 RAM_SHARE = 0.5  # use at most half of the currently available memory
 # RAM caches alive in this process, by key: freed with the last dataset that uses them.
 _IN_MEMORY: weakref.WeakValueDictionary[str, "PixelCache"] = weakref.WeakValueDictionary()

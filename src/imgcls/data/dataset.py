@@ -21,7 +21,11 @@ class BadFile:
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # normalised float, or uint8 still to be finished (see model_input)
+    """What a loader yields: plain data. ``images`` is normalised float (N, 3, H, W), or uint8
+    still to be finished on the device (``factors`` and ``norm`` set), which
+    :class:`imgcls.data.loaders.DeviceLoader` does."""
+
+    images: torch.Tensor  # normalised float, or uint8 still to be finished
     targets: torch.Tensor
     indices: torch.Tensor  # positions in the dataset, to map outputs back to files
     bad: list[BadFile]
@@ -36,17 +40,6 @@ class Batch:
         self.images = self.images.pin_memory()
         self.targets = self.targets.pin_memory()
         return self
-
-    def model_input(self, device: torch.device, memory_format=torch.contiguous_format) -> torch.Tensor:
-        """The images as the model takes them, on ``device``. uint8 batches cross to the
-        device (and between processes) at a quarter of the bytes and are jittered and
-        normalised there: on the GPU when there is one."""
-        images = self.images.to(device, non_blocking=True)
-        if images.dtype == torch.uint8:
-            from imgcls.data.cached_dataset import finish_batch
-
-            images = finish_batch(images, self.factors, *self.norm)
-        return images.contiguous(memory_format=memory_format)
 
 
 class ImageDataset(Dataset):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.data.sources import DatasetError, DatasetSplits, Sample
+from imgcls.data.sources import HIERARCHY_FOLDERS, DatasetError, DatasetSplits, Sample, is_nested
 
-FOLDERS, CIFAR100 = "folders", "cifar100"
+FOLDERS, CIFAR100 = HIERARCHY_FOLDERS, "cifar100"
 
 # The official CIFAR-100 super-classes (Krizhevsky 2009), spelt as in the python archive's meta file.
 CIFAR100_SUPERCLASSES: dict[str, list[str]] = {
@@ -90,11 +90,6 @@ def resolve_hierarchy(spec: str | None, classes: list[str], samples: list[Sample
     if key == CIFAR100:
         return Hierarchy.from_map(classes, cifar100_map())
     return Hierarchy.from_map(classes, read_mapping_csv(Path(spec)))
-
-
-def is_nested(spec: str | None) -> bool:
-    """Does ``data.hierarchy`` ask for ``<coarse>/<fine>/`` folders?"""
-    return spec is not None and spec.strip().lower() == FOLDERS
 
 
 def attach_hierarchy(data_cfg, data: DatasetSplits) -> Hierarchy | None:

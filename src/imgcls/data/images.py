@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imgcls.errors import UserError
+
 # Extensions Pillow decodes that people keep in image datasets. Anything else (Thumbs.db,
 # .DS_Store, notes.txt) is not a sample and is ignored when folders are scanned.
 IMAGE_EXTENSIONS = frozenset(
@@ -19,7 +21,7 @@ IMAGE_EXTENSIONS = frozenset(
 _BACKGROUND = (255, 255, 255)
 
 
-class ImageDecodeError(Exception):
+class ImageDecodeError(UserError):
     """A file that cannot become an RGB image; ``str()`` is a one-line reason."""
 
 

@@ -8,7 +8,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from imgcls.data.dataset import ImageDataset, collate
+from imgcls.data.dataset import Batch, ImageDataset, collate
+from imgcls.data.finish import finish_batch
 
 
 class SeededSampler(Sampler):
@@ -96,3 +97,37 @@ def make_loader(dataset: ImageDataset, batch_size: int, train: bool, seed: int =
         # batch_size-1 images per epoch, a different set every epoch.
         drop_last=train and len(sampler) > batch_size,
     )
+
+
+class DeviceLoader:
+    """Iterate a loader's batches with their images finished on ``device``: moved there,
+    uint8 batches jittered and normalised there, and laid out in ``memory_format``; targets
+    move too. The role of timm's ``PrefetchLoader``: the batch record stays plain data and
+    the model code receives what the model takes.
+
+    Args:
+        loader: an iterable of :class:`Batch` (a DataLoader from :func:`make_loader`).
+        device: where the model runs.
+        memory_format: ``torch.channels_last`` for convolutions on CUDA/CPU, else contiguous.
+    """
+
+    def __init__(self, loader, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format):
+        self.loader, self.device, self.memory_format = loader, torch.device(device), memory_format
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield self.finish(batch)
+
+    def finish(self, batch: Batch) -> Batch:
+        """``batch`` with float images (N, 3, H, W) and targets on the device."""
+        if not len(batch):
+            return batch
+        images = batch.images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = finish_batch(images, batch.factors, *batch.norm)
+        images = images.contiguous(memory_format=self.memory_format)
+        targets = batch.targets.to(self.device, non_blocking=True)
+        return Batch(images, targets, batch.indices, batch.bad)

@@ -20,14 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgcls.data.images import is_image_file
+from imgcls.errors import UserError
 from imgcls.data.splits import stratified_split
 
 VAL_NAMES = ("val", "valid", "validation")
 TEST_NAMES = ("test",)
 UNKNOWN_FOLDER = "unknown"
+HIERARCHY_FOLDERS = "folders"  # data.hierarchy value for <coarse>/<fine>/ folders
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset that cannot be read; ``str()`` names the path and the problem."""
 
 
@@ -81,6 +83,23 @@ def discover(
     return DatasetSplits(classes=classes, splits=splits, unknown=unknown)
 
 
+def discover_run(data_cfg, path: str | Path | None = None) -> DatasetSplits:
+    """The splits of a run: its :class:`~imgcls.config.DataConfig` read the way training reads
+    it (same folders, same seeded split, nested ``<coarse>/<fine>/`` folders when
+    ``hierarchy`` is ``folders``), so 'val' is the same images wherever it is asked for.
+    ``path`` replaces the run's dataset (``--train``/``--val`` folders then do not apply)."""
+    nested = is_nested(data_cfg.hierarchy)
+    if path is not None:
+        return discover(path, val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed, nested=nested)
+    return discover(data_cfg.path, data_cfg.train_dirs, data_cfg.val_dir, data_cfg.val_fraction, data_cfg.split_seed,
+                    nested=nested)
+
+
+def is_nested(hierarchy: str | None) -> bool:
+    """Does ``data.hierarchy`` ask for ``<coarse>/<fine>/`` folders?"""
+    return hierarchy is not None and hierarchy.strip().lower() == HIERARCHY_FOLDERS
+
+
 def _set_aside_unknown(splits: dict[str, list[Sample]], classes: list[str]) -> dict[str, list[Sample]]:
     """Move the images of an ``unknown`` folder out of val/test (unless it is a trained class)."""
     if UNKNOWN_FOLDER in classes:
@@ -101,18 +120,26 @@ def _read_layout(root: Path | None, train_dirs: list[Path], nested: bool = False
             raise DatasetError(f"{root}: no such file or folder")
         if root.is_file():
             return read_manifest(root)
-        train = root / "train"
-        if train.is_dir():
-            splits["train"] = scan_class_folders(train, nested)
-            for name, options in (("val", VAL_NAMES), ("test", TEST_NAMES)):
-                found = next((root / o for o in options if (root / o).is_dir()), None)
-                if found is not None:
-                    splits[name] = scan_class_folders(found, nested)
+        folders = find_split_folders(root)
+        if "train" in folders:
+            for name, folder in folders.items():
+                splits[name] = scan_class_folders(folder, nested)
         else:
             splits["train"] = scan_class_folders(root, nested)
     for extra in train_dirs:
         splits.setdefault("train", []).extend(scan_class_folders(extra, nested))
     return splits
+
+
+def find_split_folders(root: Path) -> dict[str, Path]:
+    """The split folders directly under ``root``: ``{"train": ..., "val": ..., "test": ...}``
+    for those present (empty when ``root`` is a folder of class folders)."""
+    found = {}
+    for name, options in (("train", ("train",)), ("val", VAL_NAMES), ("test", TEST_NAMES)):
+        folder = next((root / o for o in options if (root / o).is_dir()), None)
+        if folder is not None:
+            found[name] = folder
+    return found
 
 
 def scan_class_folders(root: Path, nested: bool = False) -> list[Sample]:

@@ -13,6 +13,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from imgcls.config import AUGMENT_PRESETS
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -52,7 +54,7 @@ def eval_transform(pre: Preprocessing) -> T.Compose:
 
 # The presets below follow torchvision's references/classification/presets.py: geometry and
 # colour on the PIL image, then the tensor tail, then random erasing on the normalised tensor.
-PRESETS = ("default", "none", "keras", "color", "randaugment", "trivialaugment")
+PRESETS = AUGMENT_PRESETS
 # The default preset's parameters, shared with the batched cached pipeline (cached_dataset.py).
 DEFAULT_CROP_SCALE = (0.25, 1.0)
 DEFAULT_JITTER = 0.2

@@ -1,9 +1,10 @@
-"""``imgcls export``: a checkpoint to a self-describing ONNX file, checked against PyTorch.
+"""``imgcls export``: a model to a self-describing ONNX file, checked against PyTorch.
 
 The graph takes preprocessed images ``(batch, 3, H, W)`` (dynamic batch axis) and returns
-``logits`` and temperature-scaled ``probabilities``. Everything else needed to use it
-(class names, input size, mean/std, resize/crop, temperature, unknown threshold, the run's
-config, the imgcls version) is stored as JSON strings in the model's ``metadata_props``.
+``logits`` and temperature-scaled ``probabilities``. The model card (class names,
+preprocessing, temperature, unknown rule, the run's config) is stored as JSON in the
+model's ``metadata_props`` under ``imgcls.card``, beside plain keys (classes, mean, std,
+input size...) for tools that do not know imgcls.
 
 Every export is checked before it is reported as done:
 
@@ -30,21 +31,21 @@ import numpy as np
 import torch
 from torch import nn
 
-import imgcls
 from imgcls.config import RunConfig
 from imgcls.data.dataset import ImageDataset
 from imgcls.data.loaders import make_loader
 from imgcls.data.sources import DatasetError, Sample
 from imgcls.data.transforms import Preprocessing, eval_transform
-from imgcls.deploy.onnx_model import INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME, open_session
 from imgcls.evaluation.evaluate import load_split
+from imgcls.inference.backends import INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME, open_session
+from imgcls.inference.card import CARD_METADATA_KEY, ModelCard
+from imgcls.inference.loading import load
 from imgcls.runtime import log
-from imgcls.training.checkpoint import model_from_checkpoint, read_checkpoint
 
 PARITY_TOLERANCE = 1e-4
 MIN_INT8_AGREEMENT = 0.99
 DEFAULT_OPSET = 18
-FORMAT = "imgcls-onnx/1"
+FORMAT = "imgcls-onnx/2"
 
 
 class ExportError(ValueError):
@@ -96,32 +97,30 @@ class _ExportedGraph(nn.Module):
         return logits, torch.softmax(logits / self.temperature, dim=1)
 
 
-def metadata_for(checkpoint: dict, preprocessing: Preprocessing, precision: str) -> dict[str, str]:
-    """The ``metadata_props`` of an export; values are JSON so types survive the string map."""
+def metadata_for(card: ModelCard, source: Path, precision: str) -> dict[str, str]:
+    """The ``metadata_props`` of an export: the model card, plus plain keys for other tools.
+    Values are JSON so that types survive the string map."""
+    pre = card.image_preprocessing()
     values = {
         "format": FORMAT,
-        "classes": list(checkpoint["classes"]),
-        "input_size": [3, preprocessing.image_size, preprocessing.image_size],
+        "classes": list(card.classes),
+        "input_size": [3, pre.image_size, pre.image_size],
         "input_layout": "NCHW, float32 RGB in [0, 1] normalised with mean/std",
-        "mean": list(preprocessing.mean),
-        "std": list(preprocessing.std),
-        "resize_size": preprocessing.resize_size,
-        "crop_pct": preprocessing.crop_pct,
-        "interpolation": preprocessing.interpolation,
-        "preprocessing": preprocessing.to_dict(),
-        "temperature": float(checkpoint.get("temperature", 1.0)),
-        "unknown_threshold": checkpoint.get("unknown_threshold"),
-        "unknown_score": checkpoint.get("unknown_score"),
-        "unknown_temperature": checkpoint.get("unknown_temperature"),
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "resize_size": pre.resize_size,
+        "crop_pct": pre.crop_pct,
+        "interpolation": pre.interpolation,
+        "temperature": float(card.temperature),
         "outputs": {LOGITS_NAME: "raw class scores", PROBABILITIES_NAME: "softmax(logits / temperature)"},
         "precision": precision,
-        "model_name": checkpoint["config"]["model"]["name"],
-        "epoch": checkpoint.get("epoch"),
-        "source_checkpoint": Path(checkpoint["path"]).name,
-        "imgcls_version": imgcls.__version__,
-        "config": checkpoint["config"],
+        "model_name": card.architecture,
+        "source_model": source.name,
+        "imgcls_version": card.imgcls_version,
     }
-    return {key: json.dumps(value) for key, value in values.items()}
+    metadata = {key: json.dumps(value) for key, value in values.items()}
+    metadata[CARD_METADATA_KEY] = card.to_json()
+    return metadata
 
 
 def set_metadata(model_proto, metadata: dict[str, str]) -> None:
@@ -293,42 +292,44 @@ def compare_int8(graph: nn.Module, session, val: list[Sample], classes: list[str
     return same / total, total, accuracy
 
 
-def default_output(checkpoint_path: Path) -> Path:
-    return checkpoint_path.with_suffix(".onnx")
+def default_output(model_file: Path) -> Path:
+    return model_file.with_suffix(".onnx")
 
 
 def int8_output(fp32_out: Path) -> Path:
     return fp32_out.with_name(fp32_out.stem + ".int8.onnx")
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, opset: int = DEFAULT_OPSET,
+def export_checkpoint(model: str | Path, out: str | Path | None = None, *, opset: int = DEFAULT_OPSET,
                       int8: bool = False, int8_mode: str = "static", data: str | Path | None = None,
                       parity_images: int = 64, calibration_images: int = 128) -> ExportReport:
-    """Export ``checkpoint`` to ONNX (and int8 ONNX), check both, and report what was measured.
+    """Export a model file or run folder to ONNX (and int8 ONNX), check both, and report
+    what was measured.
 
     ``data`` is the dataset whose splits provide sample, calibration and validation images
-    (default: the run's own dataset, read from the checkpoint's config).
+    (default: the run's own dataset); its classes must be the model's.
     """
-    ckpt = read_checkpoint(checkpoint)
     if int8_mode not in ("static", "dynamic"):
         raise ValueError(f"--int8-mode {int8_mode!r}: expected static or dynamic")
-    config = RunConfig.from_dict(ckpt["config"])
-    model, preprocessing = model_from_checkpoint(ckpt)
-    temperature = float(ckpt.get("temperature", 1.0))
-    fp32_out = Path(out) if out else default_output(Path(ckpt["path"]))
+    classifier = load(model, device="cpu")
+    card, config, preprocessing = classifier.card, classifier.config, classifier.preprocessing
+    fp32_out = Path(out) if out else default_output(classifier.source)
     if fp32_out.suffix.lower() != ".onnx":
         raise ValueError(f"--out {fp32_out}: the file name must end in .onnx")
 
     val, why = _split_or_none(data, config, "val")
+    if val:
+        _check_classes(val, card.classes, data)
     if int8 and not val:  # checked first: the export itself takes a while
         raise DatasetError(f"--int8 needs the run's validation images to check the quantised model ({why}); "
                            "give the dataset with --data")
 
-    proto, exporter = export_graph(model, temperature, preprocessing.image_size, opset)
-    set_metadata(proto, metadata_for(ckpt, preprocessing, "fp32"))
+    network = classifier.torch_module
+    proto, exporter = export_graph(network, card.temperature, preprocessing.image_size, opset)
+    set_metadata(proto, metadata_for(card, classifier.source, "fp32"))
     _save(proto, fp32_out)
 
-    graph = _ExportedGraph(model, temperature).eval()
+    graph = _ExportedGraph(network, card.temperature).eval()
     if val:
         sample_batches = list(_batches(_subset(val, parity_images), preprocessing))
         source = "validation split"
@@ -343,15 +344,24 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, 
         raise ExportError(f"{fp32_out}: ONNX probabilities differ from PyTorch by {parity:.2e} "
                           f"(> {PARITY_TOLERANCE:.0e}); do not ship this file")
     if int8:
-        _export_int8(report, ckpt, graph, preprocessing, config, data, val, int8_mode, calibration_images)
+        _export_int8(report, classifier, graph, data, val, int8_mode, calibration_images)
     return report
 
 
-def _export_int8(report: ExportReport, ckpt: dict, graph: nn.Module, preprocessing: Preprocessing,
-                 config: RunConfig, data, val: list[Sample], mode: str, calibration_images: int) -> None:
+def _check_classes(samples: list[Sample], classes: list[str], data) -> None:
+    """Export data must be labelled with the model's classes (no index may change its name)."""
+    foreign = sorted({s.label for s in samples} - set(classes))
+    if foreign:
+        raise DatasetError(f"--data {data}: classes {foreign[:10]} are not among the model's {len(classes)} classes; "
+                           "give the dataset the model was trained on")
+
+
+def _export_int8(report: ExportReport, classifier, graph: nn.Module, data, val: list[Sample], mode: str,
+                 calibration_images: int) -> None:
     calibration = None
+    preprocessing = classifier.preprocessing
     if mode == "static":
-        train, _ = _split_or_none(data, config, "train")
+        train, _ = _split_or_none(data, classifier.config, "train")
         pool = train or val  # a dataset given as a single test folder has no train split
         calibration = list(_batches(_subset(pool, calibration_images, seed=1), preprocessing))
         report.calibration_images = sum(len(b) for b in calibration)
@@ -360,13 +370,12 @@ def _export_int8(report: ExportReport, ckpt: dict, graph: nn.Module, preprocessi
     import onnx
 
     proto = onnx.load(str(out))
-    set_metadata(proto, metadata_for(ckpt, preprocessing, f"int8-{mode}"))
+    set_metadata(proto, metadata_for(classifier.card, classifier.source, f"int8-{mode}"))
     _save(proto, out)
-    agreement, total, accuracy = compare_int8(graph, open_session(out, "cpu"), val, ckpt["classes"], preprocessing)
+    agreement, total, accuracy = compare_int8(graph, open_session(out, "cpu"), val, classifier.classes, preprocessing)
     report.int8_path, report.int8_mode = out, mode
     report.int8_agreement, report.int8_images, report.accuracy = agreement, total, accuracy
     if not agreement >= MIN_INT8_AGREEMENT:
         raise ExportError(f"{out}: int8 top-1 agrees with fp32 on only {agreement:.2%} of {total} validation "
                           f"images (< {MIN_INT8_AGREEMENT:.0%}); ship the fp32 model {report.path} instead"
                           + (" or try --int8-mode dynamic" if mode == "static" else ""))
-

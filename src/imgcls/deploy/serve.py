@@ -34,9 +34,14 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import imgcls
+from imgcls._version import __version__
 from imgcls.deploy.batching import Batcher
 from imgcls.deploy.uploads import RejectedUpload, decode_upload
+from imgcls.errors import UserError
+from imgcls.evaluation.explain import GradCamExplainer, display_crop, overlay
+from imgcls.inference.classifier import Classifier
+from imgcls.inference.loading import load
+from imgcls.inference.rows import format_predictions
 from imgcls.runtime import log
 
 API_KEY_ENV = "IMGCLS_API_KEY"
@@ -227,35 +232,31 @@ def file_version(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def model_info(model, version: str) -> dict:
+def model_info(model: Classifier, version: str) -> dict:
     pre = model.preprocessing
-    path = Path(model.checkpoint_path)
     return {
-        "name": path.name,
-        "format": "onnx" if path.suffix.lower() == ".onnx" else "pytorch",
+        "name": model.source.name if model.source else "model",
+        "format": model.backend.name,
         "version": version,
-        "architecture": model.config.model.name,
+        "architecture": model.card.architecture,
         "classes": model.classes,
         "num_classes": len(model.classes),
         "input_size": [3, pre.image_size, pre.image_size],
         "preprocessing": pre.to_dict(),
         "temperature": model.temperature,
-        "unknown_threshold": getattr(model, "unknown_threshold", None),
-        "imgcls_version": imgcls.__version__,
+        "unknown_threshold": model.unknown.threshold,
+        "unknown_score": model.unknown.score if model.unknown.active else None,
+        "imgcls_version": __version__,
     }
 
 
-def _grad_cam_for(model):
-    """A Grad-CAM explainer for a PyTorch model, or None (ONNX graphs have no gradients;
-    the explain module may be absent in a trimmed install)."""
-    from imgcls.deploy.onnx_model import OnnxClassifier
-
-    if isinstance(model, OnnxClassifier):
+def _grad_cam_for(model: Classifier):
+    """A Grad-CAM explainer for a PyTorch model, or None (ONNX graphs have no gradients)."""
+    if model.backend.name != "pytorch":
         return None
     try:
-        from imgcls.evaluation.explain import GradCamExplainer, display_crop, overlay
-        explainer = GradCamExplainer(model.model, model.preprocessing, model.device)
-    except Exception as err:  # noqa: BLE001 - serving works without explanations
+        explainer = GradCamExplainer(model.torch_module, model.preprocessing, model.device)
+    except (UserError, ValueError) as err:  # an architecture without a usable layer: serve without explanations
         log.warning("Grad-CAM disabled: %s", err)
         return None
 
@@ -275,10 +276,10 @@ def _grad_cam_for(model):
 def create_app(model, *, api_key: str | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
                max_body_mb: float = 20.0, max_images: int = 32, max_pixels: int = 40_000_000,
                topk: int = 5) -> FastAPI:
-    """The FastAPI app serving ``model`` (a :class:`~imgcls.deploy.predict.Classifier` or
-    :class:`~imgcls.deploy.onnx_model.OnnxClassifier`)."""
+    """The FastAPI app serving ``model`` (a :class:`~imgcls.inference.classifier.Classifier`
+    with any backend)."""
     batcher = Batcher(model.scaled_logits, max_batch=max_batch, max_wait_ms=max_wait_ms)
-    info = model_info(model, file_version(Path(model.checkpoint_path)))
+    info = model_info(model, file_version(model.source) if model.source else "memory")
     grad_cam = _grad_cam_for(model)
     info["explain"] = grad_cam is not None
     started = time.time()
@@ -289,7 +290,7 @@ def create_app(model, *, api_key: str | None = None, max_batch: int = 32, max_wa
         yield
         await batcher.close()
 
-    app = FastAPI(title="imgcls prediction server", version=imgcls.__version__, lifespan=lifespan,
+    app = FastAPI(title="imgcls prediction server", version=__version__, lifespan=lifespan,
                   description=f"Serving {info['name']} ({info['architecture']}, {info['num_classes']} classes).")
     app.add_middleware(BodyLimit, limit=int(max_body_mb * 2**20))
     _add_error_handlers(app)
@@ -325,13 +326,11 @@ def create_app(model, *, api_key: str | None = None, max_batch: int = 32, max_wa
         items = await _read_images(request, max_images)
         tensors = await run_in_threadpool(prepare, items)
         logits = await batcher.predict(tensors)
-        probs = torch.from_numpy(logits).softmax(1).numpy()
-        # The checkpoint's own open-set rule (score, threshold, temperature), as `predict` applies it
-        unknown = model.unknown.scores(logits, model.temperature) < model.unknown.threshold \
-            if model.unknown.active else np.zeros(len(probs), dtype=bool)
+        # The same rows as `imgcls predict`, with the model's own open-set rule.
+        rows = format_predictions(logits, model.classes, k, model.unknown, model.temperature,
+                                  [name for name, _ in items])
         return {"model_version": info["version"],
-                "predictions": [_prediction(i, name, row, model.classes, k, bool(rejected))
-                                for i, ((name, _), row, rejected) in enumerate(zip(items, probs, unknown))]}
+                "predictions": [_prediction(i, row) for i, row in enumerate(rows)]}
 
     @app.post("/explain", response_model=ExplainResponse, dependencies=[Depends(check_key)],
               summary="Grad-CAM overlay for one image (PyTorch checkpoints only)",
@@ -358,12 +357,10 @@ def _shown(name: str | None, index: int) -> str:
     return name if name.startswith("images[") else f"'{name}'"
 
 
-def _prediction(index: int, name: str | None, probs: np.ndarray, classes: list[str], k: int,
-                unknown: bool) -> dict:
-    order = np.argsort(-probs)[: min(k, len(classes))]
-    top = [{"label": classes[i], "probability": float(probs[i])} for i in order]
-    return {"index": index, "filename": name, "label": "unknown" if unknown else top[0]["label"],
-            "probability": top[0]["probability"], "unknown": unknown, "topk": top}
+def _prediction(index: int, row: dict) -> dict:
+    """A prediction row (:func:`imgcls.inference.rows.format_predictions`) as the API returns it."""
+    return {"index": index, "filename": row["path"], "label": row["label"], "probability": row["probability"],
+            "unknown": row["unknown"], "topk": [{"label": label, "probability": p} for label, p in row["topk"]]}
 
 
 def _key_dependency(api_key: str | None):
@@ -429,8 +426,6 @@ def check_exposure(host: str, api_key: str | None) -> None:
 
 
 def app_from_settings(settings: ServeSettings, api_key: str | None) -> FastAPI:
-    from imgcls.api import load
-
     if settings.threads:
         torch.set_num_threads(settings.threads)
     model = load(settings.model, device=settings.device)

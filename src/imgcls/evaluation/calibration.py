@@ -1,9 +1,9 @@
-"""Temperature scaling and reliability statistics (Guo et al., 2017, "On Calibration of
-Modern Neural Networks").
+"""Temperature scaling (Guo et al., 2017, "On Calibration of Modern Neural Networks").
 
 One scalar ``T`` divides the logits before the softmax. It is fitted on the validation
-split by minimising the negative log-likelihood, stored in the checkpoint (``temperature``
-plus a ``calibration`` summary), and from then on every ``predict`` / ``eval`` uses it.
+split by minimising the negative log-likelihood; the caller stores it in the model card
+(``temperature`` plus a ``calibration`` summary), and from then on every ``predict`` /
+``eval`` uses it. The statistics (ECE, reliability bins) are in :mod:`imgcls.metrics.calibration`.
 Dividing by ``T`` never changes the arg-max, so accuracy, F1 and the confusion matrix stay
 as they were; only the probabilities (log loss, ECE) move.
 
@@ -14,17 +14,14 @@ and has no temperature scaling, so the one-parameter fit is written here with to
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from imgcls.evaluation.metrics import ECE_BINS
+from imgcls.inference.predictions import Predictions
+from imgcls.metrics.calibration import calibration_summary
 from imgcls.runtime import log
-
-if TYPE_CHECKING:
-    from imgcls.deploy.predict import Classifier
 
 # Temperatures outside this range mean a degenerate fit (e.g. a validation set the model
 # gets 100% right with margin pushes T towards 0); they are clamped rather than trusted.
@@ -49,19 +46,6 @@ def raw_logits(predictions, temperature: float) -> np.ndarray:
     if getattr(predictions, "logits", None) is not None and len(predictions.logits) == len(predictions.probs):
         return np.asarray(predictions.logits, dtype=np.float64) * temperature
     return logits_from_probs(predictions.probs, temperature)
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def negative_log_likelihood(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> float:
-    """Mean cross-entropy of ``softmax(logits / T)``."""
-    z = torch.as_tensor(np.asarray(logits, dtype=np.float64)) / temperature
-    return float(torch.nn.functional.cross_entropy(z, torch.as_tensor(np.asarray(targets, dtype=np.int64))))
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray, max_iter: int = 100) -> float:
@@ -90,89 +74,13 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, max_iter: int = 100
     return min(max(temperature, T_MIN), T_MAX)
 
 
-def reliability_bins(targets: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, Any]:
-    """Top-1 confidence histogram: per bin the count, accuracy and mean confidence, and ECE.
-
-    Bins are equal-width over [0, 1], upper-inclusive (the first also takes 0), exactly as
-    ``metrics._expected_calibration_error`` bins them, so the two ECEs agree; this version
-    also returns the per-bin values a reliability diagram draws.
-    """
-    y = np.asarray(targets)
-    p = np.asarray(probs, dtype=np.float64)
-    confidence = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    index = np.digitize(confidence, edges[1:-1], right=True)
-    count = np.bincount(index, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        accuracy = np.bincount(index, weights=correct, minlength=n_bins) / count
-        mean_conf = np.bincount(index, weights=confidence, minlength=n_bins) / count
-    filled = count > 0
-    ece = float(np.sum(np.abs(accuracy[filled] - mean_conf[filled]) * count[filled]) / max(len(y), 1))
-    return {
-        "edges": edges.tolist(),
-        "count": count.astype(int).tolist(),
-        "accuracy": [float(a) if f else None for a, f in zip(accuracy, filled)],
-        "confidence": [float(c) if f else None for c, f in zip(mean_conf, filled)],
-        "ece": ece,
-    }
-
-
-def calibration_summary(logits: np.ndarray, targets: np.ndarray, temperature: float) -> dict[str, Any]:
-    """NLL, ECE and reliability bins at T = 1 ("before") and at ``temperature`` ("after")."""
-    bins_before = reliability_bins(targets, softmax(logits))
-    bins_after = reliability_bins(targets, softmax(logits, temperature))
-    return {
-        "temperature": float(temperature),
-        "n": int(len(targets)),
-        "nll_before": negative_log_likelihood(logits, targets),
-        "nll_after": negative_log_likelihood(logits, targets, temperature),
-        "ece_before": bins_before["ece"],
-        "ece_after": bins_after["ece"],
-        "bins_before": bins_before,
-        "bins_after": bins_after,
-    }
-
-
-def calibrate_classifier(classifier: "Classifier", batch_size: int = 64, workers: int | None = None) -> dict | None:
-    """Fit ``T`` on the run's own validation split, store it in the checkpoint file and use it.
-
-    Returns the summary (also kept as ``classifier.calibration``), or None when the run's
-    validation images cannot be read any more (moved dataset): the stored ``T`` is then kept.
-    """
-    from imgcls.data.sources import DatasetError
-    from imgcls.evaluation.evaluate import evaluate_samples, load_split
-
-    try:
-        _, samples = load_split(None, classifier.config, "val")
-        _, predictions = evaluate_samples(classifier.model, classifier.classes, classifier.preprocessing, samples,
-                                          classifier.device, batch_size=batch_size, temperature=1.0,
-                                          workers=workers, raw=classifier.remembered(samples))
-        classifier.remember(samples, predictions)
-    except (DatasetError, OSError) as err:
-        log.warning("temperature scaling skipped: the run's validation split is not readable (%s)", err)
-        return None
-    logits = raw_logits(predictions, 1.0)
-    temperature = fit_temperature(logits, predictions.targets)
-    summary = {"split": "val", **calibration_summary(logits, predictions.targets, temperature)}
-    classifier.temperature = temperature
-    classifier.calibration = summary
-    store_calibration(classifier.checkpoint_path, summary)
+def fit_calibration(raw: Predictions) -> dict[str, Any]:
+    """Fit ``T`` on validation predictions made at temperature 1 (``raw``); returns the
+    summary (``temperature``, NLL and ECE before/after, reliability bins) that the caller
+    stores in the model card (``temperature`` and ``calibration``)."""
+    logits = raw_logits(raw, 1.0)
+    temperature = fit_temperature(logits, raw.targets)
+    summary = {"split": "val", **calibration_summary(logits, raw.targets, temperature)}
     log.info("temperature scaling: T = %.3f fitted on val (NLL %.4f -> %.4f, ECE %.4f -> %.4f)", temperature,
              summary["nll_before"], summary["nll_after"], summary["ece_before"], summary["ece_after"])
     return summary
-
-
-def store_calibration(checkpoint_path: Path, summary: dict) -> None:
-    """Write ``temperature`` and the ``calibration`` summary into an existing checkpoint."""
-    from imgcls.training.checkpoint import read_checkpoint, save_checkpoint
-
-    checkpoint = read_checkpoint(checkpoint_path)
-    checkpoint.pop("path", None)
-    checkpoint.pop("format", None)
-    checkpoint["temperature"] = summary["temperature"]
-    checkpoint["calibration"] = summary
-    try:
-        save_checkpoint(Path(checkpoint_path), **checkpoint)
-    except OSError as err:  # a read-only checkpoint still gets a report; T is used in memory
-        log.warning("%s: cannot store the temperature (%s); it is used for this run only", checkpoint_path, err)

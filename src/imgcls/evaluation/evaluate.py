@@ -1,105 +1,133 @@
-"""``imgcls eval``: full metrics of a trained model on one split of a dataset."""
+"""``imgcls eval``: full metrics of a classifier on one evaluation set.
+
+Which images: the run's own split (``data`` None: read exactly as training read it), a
+split of another dataset that has split folders or a manifest, or, for a folder of class
+folders without split folders, the whole folder: it is one evaluation set.
+Where the files go: ``<run>/eval-<split>/`` for the run's own data, and a folder named
+after the data otherwise (``eval-on-<data>[-<split>]/``), so evaluating other data never
+replaces the run's own results (which the leaderboard reads).
+"""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from imgcls.config import RunConfig
-from imgcls.data.dataset import ImageDataset
-from imgcls.data.loaders import make_loader
-from imgcls.data.hierarchy import Hierarchy, is_nested
-from imgcls.data.sources import (UNKNOWN_FOLDER, DatasetError, DatasetSplits, Sample, discover, list_images,
-                                 scan_class_folders)
-from imgcls.data.transforms import Preprocessing, eval_transform
-from imgcls.evaluation.inference import Predictions, predict_loader
-from imgcls.evaluation.hierarchy_metrics import hierarchy_metrics
-from imgcls.evaluation.metrics import classification_metrics, write_metrics
+from imgcls.data.hierarchy import Hierarchy
+from imgcls.data.sources import (UNKNOWN_FOLDER, DatasetError, DatasetSplits, Sample, discover, discover_run,
+                                 find_split_folders, is_nested, list_images, scan_class_folders)
+from imgcls.evaluation.openset import evaluate_unknown_images, known_rejection
+from imgcls.inference import artifact
+from imgcls.inference.classifier import Classifier
+from imgcls.inference.predictions import Predictions, at_temperature
+from imgcls.metrics.classification import classification_metrics, write_metrics
+from imgcls.metrics.hierarchy import hierarchy_metrics
+
+WHOLE = "all"  # the split name of a dataset evaluated whole
+
+
+@dataclass
+class Evaluation:
+    """One evaluated set: its name, samples, predictions (at the model's temperature) and metrics."""
+
+    split: str
+    samples: list[Sample]
+    predictions: Predictions
+    metrics: dict
+    data: str | None  # the evaluated dataset when it is not the run's own
 
 
 def load_split(data: str | Path | None, config: RunConfig, split: str | None) -> tuple[str, list[Sample]]:
-    """Samples of ``split`` read with the run's own split settings, so 'val' is the same
-    images that training validated on (``data=None``: the run's own dataset). ``all`` takes
-    every image of a class-folder tree; the default is ``test`` when there is one, else ``val``."""
-    if split == "all":
-        return split, scan_class_folders(Path(data or config.data.path), is_nested(config.data.hierarchy))
-    splits = _discover_for_eval(data, config)
+    """``(split name, samples)`` of the set to evaluate (see the module docstring).
+
+    ``split``: train | val | test | all (every image of a class-folder tree); default
+    ``test`` when there is one, else ``val``. Raises DatasetError for a split that is not there.
+    """
+    nested = is_nested(config.data.hierarchy)
+    if data is not None and Path(data).is_dir() and (split == WHOLE or not find_split_folders(Path(data))):
+        if split not in (None, WHOLE):
+            raise DatasetError(f"{data}: a folder of class folders without train/val/test folders is evaluated "
+                               f"whole; --split {split} does not apply (leave it out)")
+        return WHOLE, scan_class_folders(Path(data), nested)
+    if split == WHOLE:
+        return WHOLE, scan_class_folders(Path(config.data.path), nested)
+    splits = run_splits(data, config)
     split = split or ("test" if "test" in splits.splits else "val")
     if split not in splits.splits:
-        raise DatasetError(f"{data}: no '{split}' split (have: {', '.join(splits.splits)})")
+        raise DatasetError(f"{data or config.data.path}: no '{split}' split (have: {', '.join(splits.splits)})")
     return split, splits.splits[split]
 
 
-def _discover_for_eval(data: str | Path | None, config: RunConfig) -> DatasetSplits:
-    d, nested = config.data, is_nested(config.data.hierarchy)
-    if data is None:
-        return discover(d.path, d.train_dirs, d.val_dir, d.val_fraction, d.split_seed, nested=nested)
-    return discover(data, val_fraction=d.val_fraction, split_seed=d.split_seed, nested=nested)
+def run_splits(data: str | Path | None, config: RunConfig) -> DatasetSplits:
+    """The run's splits (``data`` None) or those of ``data``, read with the run's split settings."""
+    return discover_run(config.data) if data is None else discover_run(config.data, data)
 
 
-def load_unknown(data: str | Path | None, config: RunConfig, split: str, folder: str | Path | None = None) -> list[Sample]:
+def load_unknown(data: str | Path | None, config: RunConfig, split: str, folder: str | Path | None = None
+                 ) -> list[Sample]:
     """Out-of-distribution images for open-set metrics: ``folder`` if given, else the split's
     ``unknown/`` folder (e.g. ``DATA/test/unknown/``); empty when there is none."""
     if folder is not None:
         return [Sample(path, UNKNOWN_FOLDER) for path in list_images([folder])]
-    if split == "all":
+    if split == WHOLE:
         return []
-    return _discover_for_eval(data, config).unknown.get(split, [])
+    return run_splits(data, config).unknown.get(split, [])
 
 
-def evaluate_samples(model: torch.nn.Module, classes: list[str], preprocessing: Preprocessing,
-                     samples: list[Sample], device: torch.device, batch_size: int = 64, topk: int = 3,
-                     temperature: float = 1.0, workers: int | None = None,
-                     hierarchy: Hierarchy | None = None, raw: Predictions | None = None) -> tuple[dict, Predictions]:
-    """Metrics of ``samples``; a hierarchical model with its ``hierarchy`` adds ``coarse``
-    (coarse-head metrics), ``consistency``, ``coarse_top1_from_fine`` and ``both_top1``.
-    ``raw``: the model's predictions of these samples at temperature 1, already computed."""
-    index = {name: i for i, name in enumerate(classes)}
+def evaluate_samples(classifier: Classifier, samples: list[Sample], batch_size: int = 64,
+                     workers: int | None = None, raw: Predictions | None = None) -> tuple[dict, Predictions]:
+    """Metrics of ``samples`` at the classifier's temperature, and the predictions.
+
+    ``raw``: the model's predictions of these samples at temperature 1, already computed.
+    A hierarchical model adds ``coarse`` metrics, ``consistency``, ``coarse_top1_from_fine``
+    and ``both_top1``. Raises DatasetError for labels that are not model classes, or when
+    no image decodes.
+    """
+    index = {name: i for i, name in enumerate(classifier.classes)}
     unknown = sorted({s.label for s in samples} - set(index))
     if unknown:
-        raise DatasetError(f"classes {unknown} are not among the model's {len(classes)} classes")
+        raise DatasetError(f"classes {unknown} are not among the model's {len(classifier.classes)} classes "
+                           f"({', '.join(classifier.classes[:10])}{', ...' if len(index) > 10 else ''})")
     if raw is None:
-        raw = predict_samples(model, preprocessing, [s.path for s in samples], device, batch_size, 1.0, workers,
-                              targets=[index[s.label] for s in samples])
-    predictions = at_temperature(raw, temperature)
+        raw = classifier.predictions([s.path for s in samples], [index[s.label] for s in samples], batch_size,
+                                     workers, temperature=1.0)
+    predictions = at_temperature(raw, classifier.temperature)
     if not len(predictions.targets):
-        raise DatasetError("no image of the split could be decoded")
-    metrics = classification_metrics(predictions.targets, predictions.probs, classes, topk=topk)
-    if hierarchy is not None and predictions.coarse_probs is not None:
+        raise DatasetError("no image of the evaluated set could be decoded")
+    topk = classifier.config.train.topk
+    metrics = classification_metrics(predictions.targets, predictions.probs, classifier.classes, topk=topk)
+    if classifier.hierarchy is not None and predictions.coarse_probs is not None:
         metrics.update(hierarchy_metrics(predictions.targets, predictions.probs, predictions.coarse_probs,
-                                         hierarchy, topk=topk))
+                                         classifier.hierarchy, topk=topk))
     metrics["loss"] = predictions.loss
     metrics["skipped"] = [{"path": str(b.path), "reason": b.reason} for b in predictions.bad]
     return metrics, predictions
 
 
-def at_temperature(raw: Predictions, temperature: float) -> Predictions:
-    """Predictions made at temperature 1, rescaled: probabilities, loss and stored logits."""
-    if temperature == 1.0 or raw.logits is None or not len(raw.targets):
-        return raw
-    logits = torch.from_numpy(raw.logits).double() / temperature
-    known = torch.from_numpy(raw.targets >= 0)
-    loss = (torch.nn.functional.cross_entropy(logits[known], torch.from_numpy(raw.targets[known])).item()
-            if known.any() else float("nan"))
-    return dataclasses.replace(raw, probs=logits.softmax(1).numpy(), logits=logits.float().numpy(), loss=loss)
+def default_out_dir(classifier: Classifier, data: str | Path | None, split: str) -> Path:
+    """``eval-<split>`` beside the run's own model for its own data; otherwise a name that
+    also says which model file (when not ``best``) and which dataset."""
+    base = classifier.source.parent if classifier.source is not None else Path.cwd()
+    model_tag = "" if classifier.source is None or classifier.source.name == artifact.BEST else classifier.source.stem
+    data_tag = "" if data is None else "on-" + _safe_name(Path(data).stem if Path(data).is_file() else Path(data).name)
+    split_tag = "" if split == WHOLE and data_tag else split
+    return base / ("eval-" + "-".join(part for part in (model_tag, data_tag, split_tag) if part))
 
 
-def predict_samples(model: torch.nn.Module, preprocessing: Preprocessing, paths: list[Path], device: torch.device,
-                    batch_size: int = 64, temperature: float = 1.0, workers: int | None = None,
-                    targets: list[int] | None = None) -> Predictions:
-    dataset = ImageDataset(paths, targets, eval_transform(preprocessing), draft_size=preprocessing.resize_size)
-    loader = make_loader(dataset, batch_size, train=False, workers=workers)
-    return predict_loader(model, loader, device, temperature=temperature)
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "data"
 
 
-def write_eval(metrics: dict, predictions: Predictions, samples: list[Sample], classes: list[str],
-               out_dir: Path, hierarchy: Hierarchy | None = None) -> dict[str, Path]:
+def write_eval(evaluation: Evaluation, classes: list[str], out_dir: Path,
+               hierarchy: Hierarchy | None = None) -> dict[str, Path]:
     """``eval.json``, the confusion matrix and per-class CSVs, and one row per image (with
     coarse columns and ``eval_coarse_*`` CSVs for a hierarchical model)."""
+    metrics, predictions, samples = evaluation.metrics, evaluation.predictions, evaluation.samples
     paths = write_metrics(metrics, out_dir, prefix="eval")
     levels = hierarchy is not None and predictions.coarse_probs is not None and "coarse" in metrics
     if levels:
@@ -123,3 +151,27 @@ def write_eval(metrics: dict, predictions: Predictions, samples: list[Sample], c
             writer.writerow(line)
     paths["predictions"] = rows
     return paths
+
+
+def evaluate(classifier: Classifier, data: str | Path | None = None, split: str | None = None,
+             out_dir: str | Path | None = None, batch_size: int = 64, workers: int | None = None,
+             unknown: str | Path | None = None, raw: Predictions | None = None) -> Evaluation:
+    """Evaluate one set (see :func:`load_split`) and write its files to ``out_dir`` (default:
+    :func:`default_out_dir`); ``metrics["files"]`` lists them. With out-of-distribution images
+    (``unknown``, or the split's ``unknown/`` folder) the metrics include ``openset``."""
+    split, samples = load_split(data, classifier.config, split)
+    metrics, predictions = evaluate_samples(classifier, samples, batch_size, workers, raw)
+    metrics["split"] = split
+    metrics["model"] = str(classifier.source) if classifier.source else None
+    if data is not None:
+        metrics["data"] = str(data)
+    out = Path(out_dir) if out_dir else default_out_dir(classifier, data, split)
+    if classifier.unknown.active:
+        metrics["unknown_rule"] = known_rejection(predictions.logits, classifier.unknown, classifier.temperature)
+    outliers = load_unknown(data, classifier.config, split, unknown)
+    if outliers:
+        metrics["openset"] = evaluate_unknown_images(classifier, predictions, outliers, out, batch_size, workers)
+    evaluation = Evaluation(split, samples, predictions, metrics, None if data is None else str(data))
+    metrics["files"] = {k: str(v) for k, v in write_eval(evaluation, classifier.classes, out,
+                                                         classifier.hierarchy).items()}
+    return evaluation

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,10 +20,10 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from imgcls.data.images import ImageDecodeError, load_rgb
+from imgcls.data.sources import list_images
 from imgcls.data.transforms import Preprocessing, eval_transform
-
-if TYPE_CHECKING:
-    from imgcls.deploy.predict import Classifier
+from imgcls.inference.classifier import Classifier
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -174,19 +174,16 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "class"
 
 
-def explain_files(classifier: "Classifier", paths: list[str | Path], out_dir: str | Path, topk: int = 3,
+def explain_files(classifier: Classifier, paths: list[str | Path], out_dir: str | Path, topk: int = 3,
                   size: int = 320, alpha: float = 0.5) -> list[dict]:
     """``imgcls explain``: one Grad-CAM overlay PNG per image and top-k class.
 
     Returns one row per (image, rank): path, rank, label, probability and the PNG written,
     or one row with ``error`` for an image that could not be decoded.
     """
-    from imgcls.data.images import ImageDecodeError, load_rgb
-    from imgcls.data.sources import list_images
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    explainer = GradCamExplainer(classifier.model, classifier.preprocessing, classifier.device)
+    explainer = GradCamExplainer(classifier.torch_module, classifier.preprocessing, classifier.device)
     k = max(1, min(topk, len(classifier.classes)))
     rows, used_names = [], set()
     for path in list_images(paths):

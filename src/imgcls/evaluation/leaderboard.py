@@ -3,8 +3,9 @@
 A run is any folder below DIR holding a ``config.yaml`` and a ``metrics.csv`` or a
 checkpoint. Everything is read from files the run already wrote: ``config.yaml`` (model,
 learning rate, epochs), ``metrics.csv`` (train accuracy and wall time at the best epoch),
-``eval-val/eval.json`` (validation metrics of ``best.pt``; the best epoch's row of
-``metrics.csv`` stands in when there is none) and the checkpoint's weights (parameters, MB).
+``eval-val/eval.json`` (validation metrics of ``best.safetensors``; the best epoch's row of
+``metrics.csv`` stands in when there is none) and the model file's header (parameters, MB).
+No file is unpickled: model files are safetensors, whose header gives every tensor's shape.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
+from imgcls.errors import CheckpointError
+from imgcls.inference import artifact
 from imgcls.runtime import log
 
 
@@ -56,7 +58,7 @@ def find_runs(root: str | Path) -> list[Path]:
     runs = []
     for config in sorted(root.rglob("config.yaml")):
         folder = config.parent
-        if (folder / "metrics.csv").is_file() or (folder / "best.pt").is_file() or (folder / "last.pt").is_file():
+        if any((folder / name).is_file() for name in ("metrics.csv", artifact.BEST, artifact.LAST, "best.pt")):
             runs.append(folder)
     return runs
 
@@ -85,20 +87,19 @@ def _best_row(rows: list[dict[str, str]], monitor: str) -> dict[str, str]:
     return rows[min(scored, key=lambda vi: (sign * vi[0], vi[1]))[1]]
 
 
+_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
 def _weights(run: Path) -> tuple[float | None, float | None]:
-    """(parameters in millions, MB of weights) of the run's checkpoint."""
-    path = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
-    if not path.is_file():
+    """(parameters in millions, MB of weights) of the run's model file, from its header."""
+    try:
+        shapes = artifact.weight_shapes(run)
+    except CheckpointError as err:  # a damaged or old-format file must not hide the other runs
+        log.warning("%s", err)
         return None, None
-    try:  # mmap: only the tensors' headers are read, not hundreds of MB of optimiser state
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["model"]
-    except Exception as err:  # noqa: BLE001 - a damaged checkpoint must not hide the other runs
-        log.warning("%s: unreadable checkpoint (%s)", path, err.__class__.__name__)
-        return None, None
-    tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
-    params = sum(t.numel() for k, t in state.items() if isinstance(t, torch.Tensor)
-                 and not k.endswith(_BUFFER_SUFFIXES))
-    return params / 1e6, sum(t.numel() * t.element_size() for t in tensors) / 1e6
+    params = sum(math.prod(shape) for name, (shape, _) in shapes.items() if not name.endswith(_BUFFER_SUFFIXES))
+    nbytes = sum(math.prod(shape) * _BYTES.get(dtype, 4) for shape, dtype in shapes.values())
+    return params / 1e6, nbytes / 1e6
 
 
 def run_row(run: Path) -> dict[str, Any]:

@@ -109,14 +109,15 @@ def measure_latency(model: nn.Module, image_size: int, budget_s: float = 2.0, ba
     }
 
 
-def model_size(model: nn.Module, checkpoint: dict, image_size: int, freeze: str, latency_budget_s: float = 2.0) -> dict:
-    """Seed 001's size table for one checkpoint (plus FLOPs and measured latency)."""
-    path = Path(checkpoint.get("path", ""))
+def model_size(model: nn.Module, image_size: int, freeze: str, latency_budget_s: float = 2.0,
+               model_file: Path | None = None, optimizer_state: dict | None = None) -> dict:
+    """Seed 001's size table for one model (plus FLOPs and measured latency): ``model_file``
+    is its ``.safetensors`` file, ``optimizer_state`` the run's saved optimiser state."""
     return {
         "parameters": parameter_summary(model, freeze),
-        "optimizer_state": optimizer_state_size(checkpoint.get("optimizer")),
-        "weights_mb": weights_mb(checkpoint["model"]),
-        "checkpoint_mb": path.stat().st_size / MB if path.is_file() else None,
+        "optimizer_state": optimizer_state_size(optimizer_state),
+        "weights_mb": weights_mb(model.state_dict()),
+        "checkpoint_mb": model_file.stat().st_size / MB if model_file is not None and model_file.is_file() else None,
         "image_size": image_size,
         "flops_per_image": flops_per_image(model, image_size),
         "latency": measure_latency(model, image_size, budget_s=latency_budget_s) if latency_budget_s > 0 else None,

@@ -13,24 +13,25 @@ import csv
 import datetime
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 import numpy as np
-import torch
 import yaml
 
 from imgcls.data.images import ImageDecodeError, load_rgb
-from imgcls.data.sources import DatasetError, Sample, discover
+from imgcls.data.sources import DatasetError, Sample, discover_run
+from imgcls.errors import CheckpointError
 from imgcls.evaluation import figures
-from imgcls.evaluation.calibration import calibration_summary, raw_logits
+from imgcls.evaluation.calibration import raw_logits
+from imgcls.evaluation.evaluate import Evaluation
 from imgcls.evaluation.explain import GradCamExplainer, display_crop, overlay
-from imgcls.evaluation.inference import Predictions
 from imgcls.evaluation.model_size import hardware_summary, model_size
+from imgcls.inference.classifier import Classifier
+from imgcls.inference.predictions import Predictions
+from imgcls.metrics.calibration import calibration_summary
 from imgcls.runtime import log
-
-if TYPE_CHECKING:
-    from imgcls.deploy.predict import Classifier
+from imgcls.training.state import STATE_FILE, TrainState, load_state
 
 TEMPLATES = Path(__file__).parent / "templates"
 GALLERY_SIZE = 16
@@ -39,46 +40,34 @@ CONFUSED_PAIRS = 6
 EXAMPLES_PER_PAIR = 5
 
 
-def report_run(path: str | Path, data: str | Path | None = None, split: str | None = None,
-               out: str | Path | None = None, device: str = "auto", batch_size: int = 64,
-               workers: int | None = None) -> dict:
-    """``imgcls report``: evaluate ``split`` (fitting the temperature on val first when the
-    checkpoint has none) and write the report; returns the metrics (``files["report"]``)."""
-    from imgcls.deploy.predict import Classifier
-
-    classifier = Classifier.load(path, device)
-    target = Path(out) if out else classifier.checkpoint_path.parent / "report.html"
-    return classifier.evaluate(data, split=split, batch_size=batch_size, workers=workers, report=target)
-
-
-def write_report(classifier: "Classifier", metrics: dict, predictions: Predictions, samples: list[Sample],
-                 out_path: str | Path, data: str | Path | None = None, gallery_size: int = GALLERY_SIZE,
-                 latency_budget_s: float | None = None) -> Path:
-    """Render the report of one evaluated split (what ``Classifier.evaluate`` computed);
-    ``data`` is the dataset that was evaluated when it is not the run's own."""
+def write_report(classifier: Classifier, evaluation: Evaluation, out_path: str | Path,
+                 gallery_size: int = GALLERY_SIZE, latency_budget_s: float | None = None) -> Path:
+    """Render the report of one evaluated set (:func:`imgcls.evaluation.evaluate.evaluate`)
+    for a PyTorch model; returns the written path."""
     started = time.perf_counter()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = torch.load(classifier.checkpoint_path, map_location="cpu", weights_only=False, mmap=True)
-    checkpoint["path"] = str(classifier.checkpoint_path)
-    history = _history(classifier.checkpoint_path.parent, checkpoint)
+    metrics, predictions, samples = evaluation.metrics, evaluation.predictions, evaluation.samples
+    state = _training_state(classifier)
+    history = _history(classifier.run_dir, state)
     counts = _split_counts(classifier)
+    card = classifier.card
     context = {
         "title": _run_name(classifier),
         "metrics": metrics,
         "headline": _headline(metrics, classifier),
-        "summary": _summary(classifier, metrics, checkpoint, history, data, counts),
-        "config_yaml": yaml.safe_dump(checkpoint["config"], sort_keys=False),
-        "curves": figures.training_curves(history, _best_epoch(checkpoint)),
+        "summary": _summary(classifier, metrics, history, evaluation.data, counts),
+        "config_yaml": yaml.safe_dump(card.config, sort_keys=False),
+        "curves": figures.training_curves(history, _best_epoch(card)),
         "metric_rows": _metric_rows(metrics),
         "per_class": _per_class_rows(metrics, counts),
         "best_worst": _best_worst(metrics),
         "confusion": figures.confusion_figures(np.array(metrics["confusion_matrix"]), classifier.classes),
         "pairs": _confused_pairs(classifier, metrics, predictions, samples),
         "calibration": _calibration(classifier, metrics, predictions, own_val=metrics["split"] == "val"
-                                    and data is None),
+                                    and evaluation.data is None),
         "gallery": _gallery(classifier, predictions, samples, gallery_size),
-        "size": _size_rows(classifier, checkpoint, LATENCY_BUDGET_S if latency_budget_s is None else latency_budget_s),
+        "size": _size_rows(classifier, state, LATENCY_BUDGET_S if latency_budget_s is None else latency_budget_s),
         "skipped": metrics.get("skipped", []),
     }
     context["generated"] = {"at": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -86,6 +75,17 @@ def write_report(classifier: "Classifier", metrics: dict, predictions: Predictio
     out_path.write_text(render(context), encoding="utf-8")
     log.info("report: %s", out_path)
     return out_path
+
+
+def _training_state(classifier: Classifier) -> TrainState | None:
+    """The run's saved training state (optimiser size, history), when it is still there."""
+    if classifier.run_dir is None or not (classifier.run_dir / STATE_FILE).is_file():
+        return None
+    try:
+        return load_state(classifier.run_dir / STATE_FILE)
+    except CheckpointError as err:
+        log.warning("report: %s", err)
+        return None
 
 
 def render(context: dict) -> str:
@@ -102,26 +102,26 @@ def render(context: dict) -> str:
 # --------------------------------------------------------------------------
 
 
-def _run_name(classifier: "Classifier") -> str:
-    return classifier.config.name or classifier.checkpoint_path.parent.name
+def _run_name(classifier: Classifier) -> str:
+    return classifier.config.name or (classifier.run_dir.name if classifier.run_dir else "model")
 
 
-def _history(run_dir: Path, checkpoint: dict) -> list[dict]:
-    """Per-epoch rows: ``metrics.csv`` (what the user sees) or the checkpoint's copy."""
-    path = run_dir / "metrics.csv"
-    if path.is_file():
+def _history(run_dir: Path | None, state: TrainState | None) -> list[dict]:
+    """Per-epoch rows: ``metrics.csv`` (what the user sees) or the training state's copy."""
+    path = run_dir / "metrics.csv" if run_dir is not None else None
+    if path is not None and path.is_file():
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         if rows:
             return rows
-    return list(checkpoint.get("history") or [])
+    return list(state.history) if state is not None else []
 
 
-def _best_epoch(checkpoint: dict) -> int | None:
-    return (checkpoint.get("monitor") or {}).get("best_epoch") or checkpoint.get("epoch")
+def _best_epoch(card) -> int | None:
+    return (card.monitor or {}).get("best_epoch") or card.epoch
 
 
-def _headline(metrics: dict, classifier: "Classifier") -> list[dict[str, str]]:
+def _headline(metrics: dict, classifier: Classifier) -> list[dict[str, str]]:
     ece = metrics["ece"]
     return [
         {"label": "top-1 accuracy", "value": f"{100 * metrics['top1']:.1f}%"},
@@ -133,10 +133,9 @@ def _headline(metrics: dict, classifier: "Classifier") -> list[dict[str, str]]:
     ]
 
 
-def _split_counts(classifier: "Classifier") -> dict[str, dict[str, int]] | None:
-    d = classifier.config.data
+def _split_counts(classifier: Classifier) -> dict[str, dict[str, int]] | None:
     try:
-        splits = discover(d.path, d.train_dirs, d.val_dir, d.val_fraction, d.split_seed)
+        splits = discover_run(classifier.config.data)
     except (DatasetError, OSError) as err:
         log.warning("report: the run's dataset is not readable any more (%s); counts left out", err)
         return None
@@ -153,10 +152,10 @@ def _wall_time(history: list[dict]) -> float | None:
     return float(np.nansum(seconds)) if seconds else None
 
 
-def _summary(classifier: "Classifier", metrics: dict, checkpoint: dict, history: list[dict],
+def _summary(classifier: Classifier, metrics: dict, history: list[dict],
              data: str | Path | None, counts: dict[str, dict[str, int]] | None) -> dict[str, Any]:
-    config = classifier.config
-    monitor = checkpoint.get("monitor") or {}
+    config, card = classifier.config, classifier.card
+    monitor = card.monitor or {}
     wall = _wall_time(history)
     classes = classifier.classes
     shown = ", ".join(classes[:30]) + (f", … ({len(classes) - 30} more)" if len(classes) > 30 else "")
@@ -170,11 +169,11 @@ def _summary(classifier: "Classifier", metrics: dict, checkpoint: dict, history:
         ("training", f"{_epochs_summary(history, config)}, "
                      f"{config.train.optimizer} lr {config.train.lr:g}, batch {config.data.batch_size}, "
                      f"freeze {config.model.freeze}"),
-        ("best checkpoint", f"epoch {monitor.get('best_epoch', checkpoint.get('epoch'))}, "
+        ("best checkpoint", f"epoch {monitor.get('best_epoch', card.epoch)}, "
                             f"{monitor.get('metric', config.train.monitor)} = "
                             f"{_fmt(monitor.get('best'))}"),
         ("training wall time", _duration(wall) + " (sum of epochs)" if wall is not None else "n/a"),
-        ("checkpoint", str(classifier.checkpoint_path)),
+        ("model file", str(classifier.source)),
     ]
     hardware = hardware_summary(classifier.device)
     rows.append(("hardware (this report)", f"{hardware['accelerator']}; {hardware['cpu']}, "
@@ -249,14 +248,14 @@ def _best_worst(metrics: dict) -> dict[str, list[dict]]:
 # --------------------------------------------------------------------------
 
 
-def _thumbnail(path: Path, classifier: "Classifier", size: int):
+def _thumbnail(path: Path, classifier: Classifier, size: int):
     try:
         return display_crop(load_rgb(path), classifier.preprocessing, size)
     except (ImageDecodeError, OSError):
         return None  # deleted or damaged since it was evaluated: leave it out
 
 
-def _confused_pairs(classifier: "Classifier", metrics: dict, predictions: Predictions,
+def _confused_pairs(classifier: Classifier, metrics: dict, predictions: Predictions,
                     samples: list[Sample]) -> list[dict[str, Any]]:
     index = {name: i for i, name in enumerate(classifier.classes)}
     predicted = predictions.probs.argmax(axis=1)
@@ -275,7 +274,7 @@ def _confused_pairs(classifier: "Classifier", metrics: dict, predictions: Predic
     return pairs
 
 
-def _gallery(classifier: "Classifier", predictions: Predictions, samples: list[Sample], size: int) -> dict:
+def _gallery(classifier: Classifier, predictions: Predictions, samples: list[Sample], size: int) -> dict:
     """The highest-loss images (every misclassified one comes first when they are few),
     each with a Grad-CAM overlay for the predicted class."""
     rows_all = np.arange(len(predictions.targets))
@@ -296,7 +295,7 @@ def _gallery(classifier: "Classifier", predictions: Predictions, samples: list[S
     cards = []
     if chosen:
         try:
-            explainer = GradCamExplainer(classifier.model, classifier.preprocessing, classifier.device)
+            explainer = GradCamExplainer(classifier.torch_module, classifier.preprocessing, classifier.device)
             maps = explainer.heatmaps(originals, [int(predicted[r]) for r in chosen])
         except Exception as err:  # noqa: BLE001 - an exotic architecture must not cost the whole report
             log.warning("report: Grad-CAM unavailable for this model (%s)", err)
@@ -324,12 +323,12 @@ def _gallery(classifier: "Classifier", predictions: Predictions, samples: list[S
 # --------------------------------------------------------------------------
 
 
-def _calibration(classifier: "Classifier", metrics: dict, predictions: Predictions, own_val: bool) -> dict[str, Any]:
+def _calibration(classifier: Classifier, metrics: dict, predictions: Predictions, own_val: bool) -> dict[str, Any]:
     """Before/after temperature scaling on the fitting split (the run's val) and on this split
     (``own_val``: this split is that fitting set, so its "after" is optimistic)."""
     temperature = classifier.temperature
     split = calibration_summary(raw_logits(predictions, temperature), predictions.targets, temperature)
-    fitted = getattr(classifier, "calibration", None)
+    fitted = classifier.card.calibration
     rows = []
     if fitted and not own_val:
         rows.append({"split": "val (fitting set)", **_calibration_row(fitted)})
@@ -348,17 +347,12 @@ def _calibration_row(summary: dict) -> dict[str, Any]:
     return {key: summary[key] for key in ("n", "nll_before", "nll_after", "ece_before", "ece_after")}
 
 
-def _best_phase(checkpoint: dict) -> str | None:
-    """Training phase ("head" or "finetune") of the epoch this checkpoint was saved at."""
-    epoch = checkpoint.get("epoch")
-    return next((row.get("phase") for row in checkpoint.get("history") or [] if row.get("epoch") == epoch), None)
-
-
-def _size_rows(classifier: "Classifier", checkpoint: dict, latency_budget_s: float) -> list[tuple[str, str]]:
+def _size_rows(classifier: Classifier, state: TrainState | None, latency_budget_s: float) -> list[tuple[str, str]]:
     config = classifier.config
     # Trainable as at the saved epoch: the head alone during the head-only phase, else --freeze.
-    freeze = "backbone" if _best_phase(checkpoint) == "head" else config.model.freeze
-    size = model_size(classifier.model, checkpoint, classifier.preprocessing.image_size, freeze, latency_budget_s)
+    freeze = "backbone" if classifier.card.phase == "head" else config.model.freeze
+    size = model_size(classifier.torch_module, classifier.preprocessing.image_size, freeze, latency_budget_s,
+                      model_file=classifier.source, optimizer_state=state.optimizer if state else None)
     params, opt, lat = size["parameters"], size["optimizer_state"], size["latency"]
     count = figures.nice_count
     rows = [
@@ -366,7 +360,7 @@ def _size_rows(classifier: "Classifier", checkpoint: dict, latency_budget_s: flo
         ("trainable / frozen", f"{count(params['trainable'])} / {count(params['frozen'])} (freeze: {freeze})"),
         ("optimiser state", f"{count(opt['numel'])} numbers, {opt['mb']:.1f} MB ({config.train.optimizer})"),
         ("weights on disk", f"{size['weights_mb']:.1f} MB (float32 weights and buffers)"),
-        ("checkpoint file", f"{size['checkpoint_mb']:.1f} MB (weights, optimiser, RNG, config)"
+        ("model file", f"{size['checkpoint_mb']:.1f} MB (weights and model card, safetensors)"
          if size["checkpoint_mb"] is not None else "n/a"),
         ("FLOPs per image", f"{count(size['flops_per_image'])}FLOPs at {size['image_size']} px "
                             "(a multiply-add counts 2)"),

@@ -15,6 +15,7 @@ import timm
 import torch
 from torch import nn
 
+from imgcls.errors import UserError
 from imgcls.models.cnn import create_cnn
 from imgcls.runtime import log
 
@@ -24,7 +25,7 @@ OFFLINE_MODEL = "efficientnet_lite0"
 _OFFLINE_NORM = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError):
     """Pretrained weights that cannot be found or loaded."""
 
 

@@ -9,7 +9,7 @@ from timm.models import group_parameters
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from imgcls.config import DataConfig, ModelConfig
+from imgcls.config import FREEZE_PATTERN, DataConfig, ModelConfig
 from imgcls.data.transforms import Preprocessing
 from imgcls.models.backbones import create_backbone
 from imgcls.models.heads import build_head
@@ -76,7 +76,7 @@ def build_model(model_cfg: ModelConfig, data_cfg: DataConfig, num_classes: int,
     return ImageClassifier(backbone, head), preprocessing
 
 
-_FREEZE = re.compile(r"^(none|backbone|half|all-but-last:(\d+))$")
+_FREEZE = re.compile(rf"^({FREEZE_PATTERN})$")
 
 
 def validate_freeze(spec: str) -> str:

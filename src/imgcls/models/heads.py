@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from imgcls.errors import UserError
 
-class HeadSpecError(ValueError):
+
+class HeadSpecError(UserError, ValueError):
     pass
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from imgcls.evaluation.inference import Predictions
+from imgcls.inference.predictions import Predictions
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgcls.data.loaders import make_loader
-from imgcls.evaluation.inference import Predictions
+from imgcls.data.loaders import DeviceLoader, make_loader
+from imgcls.inference.predictions import Predictions
 from imgcls.runtime import autocast, infer, log, progress
 
 
@@ -33,19 +33,20 @@ class FeatureSet:
 
 
 @torch.no_grad()
-def _extract(backbone: nn.Module, loader, device, amp, size: int, desc: str) -> tuple[torch.Tensor, torch.Tensor, list]:
+def _extract(backbone: nn.Module, loader, device, amp, size: int, desc: str,
+             memory_format: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor, list]:
     backbone.eval()
     features, targets, bad = None, torch.full((size,), -1, dtype=torch.long), []
-    for batch in progress(loader, desc=desc):
+    for batch in progress(DeviceLoader(loader, device, memory_format), desc=desc, total=len(loader)):
         bad.extend(batch.bad)
         if not len(batch):
             continue
         with autocast(device, amp):
-            out = infer(backbone, batch.model_input(device)).float().cpu()
+            out = infer(backbone, batch.images).float().cpu()
         if features is None:
             features = torch.zeros(size, out.shape[1])
         features[batch.indices] = out
-        targets[batch.indices] = batch.targets
+        targets[batch.indices] = batch.targets.cpu()
     return features, targets, bad
 
 
@@ -72,10 +73,11 @@ def extract_feature_set(trainer, views: int, clean_train=None) -> FeatureSet:
     train_views, train_targets, bad = [], None, []
     for view, loader in enumerate(loaders):
         feats, train_targets, view_bad = _extract(backbone, loader, device, amp, len(train_data),
-                                                  f"features (view {view + 1}/{len(loaders)})")
+                                                  f"features (view {view + 1}/{len(loaders)})", trainer.memory_format)
         train_views.append(feats)
         bad = bad or view_bad
-    val, val_targets, val_bad = _extract(backbone, val_loader, device, amp, len(val_loader.dataset), "features (val)")
+    val, val_targets, val_bad = _extract(backbone, val_loader, device, amp, len(val_loader.dataset), "features (val)",
+                                         trainer.memory_format)
     decoded = (val_targets >= 0).nonzero().flatten()
     log.info("feature cache: %d train x %d view(s), %d val images, %d features", len(train_data), len(loaders),
              len(decoded), train_views[0].shape[1])

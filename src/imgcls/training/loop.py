@@ -16,33 +16,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from imgcls.config import RunConfig
-from imgcls.training import distributed
-from imgcls.training.distributed import DistContext
-from imgcls.data.cached_dataset import make_dataset
 from imgcls.data.balance import balance_train_split
-from imgcls.data.loaders import default_workers, make_loader
-from imgcls.data.hierarchy import attach_hierarchy, is_nested
-from imgcls.data.sources import DatasetSplits, discover
+from imgcls.data.cached_dataset import make_dataset
+from imgcls.data.hierarchy import attach_hierarchy
+from imgcls.data.loaders import DeviceLoader, default_workers, make_loader
+from imgcls.data.sources import DatasetSplits, discover_run
 from imgcls.data.transforms import Preprocessing
-from imgcls.evaluation.hierarchy_metrics import hierarchy_epoch_metrics
-from imgcls.evaluation.inference import Predictions, predict_loader
+from imgcls.inference import artifact
+from imgcls.inference.card import ModelCard
+from imgcls.inference.predictions import Predictions, predict_loader
+from imgcls.metrics.classification import topk_accuracy
+from imgcls.metrics.hierarchy import hierarchy_epoch_metrics
 from imgcls.models.backbones import starts_pretrained
 from imgcls.models.classifier import apply_freeze, build_model, parameter_counts, train_mode
 from imgcls.runtime import (amp_dtype, autocast, configure_cuda, configure_logging, log, memory_format_for, progress,
                             select_device, seed_everything)
+from imgcls.training import distributed
 from imgcls.training.callbacks import Monitor
-from imgcls.training.checkpoint import read_checkpoint, rng_state, save_checkpoint
+from imgcls.training.distributed import DistContext
 from imgcls.training.features import FeatureSet, extract_feature_set, head_fit, predict_val, train_head_epoch
 from imgcls.training.logs import BadFileLog, MetricsLog
 from imgcls.training.losses import build_criterion
 from imgcls.training.mixing import build_mixer
-from imgcls.training.optim import create_optimizer, create_scheduler
+from imgcls.training.optim import create_optimizer, create_scheduler, plan_schedule
+from imgcls.training.resume import ResumePoint, check_resume_config, check_same_classes, read_resume_point
 from imgcls.training.rundir import open_run_dir
+from imgcls.training.state import STATE_FILE, TrainState, save_state
 
 
 @dataclass
@@ -79,6 +82,7 @@ class Trainer:
     features: FeatureSet | None = None  # cached backbone features while the backbone is frozen
     head_fit: float | None = None  # the head's clean train top-1 after the head phase (--finetune auto)
     mixer: Callable | None = None  # MixUp/CutMix: (images, targets) -> (mixed images, soft targets)
+    schedule: list[int] = field(default_factory=list)  # epochs of each LR segment (optim.plan_schedule)
     step: int = 0
     stop_requested: bool = False
 
@@ -91,17 +95,29 @@ EpochCallback = Callable[[Trainer, dict], None]
 
 
 def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[EpochCallback] = ()) -> TrainResult:
+    """Train a run (or continue it: ``resume`` is its folder) and return where it went.
+
+    Everything that can be refused is checked before the run folder is created or touched:
+    the options, the dataset's layout and, on resume, that the data has the run's classes
+    and that only :data:`imgcls.training.resume.CHANGEABLE_ON_RESUME` settings changed.
+    """
     ctx, cuda_device = distributed.init_distributed(config.train.device)
-    run_dir, config, checkpoint = _open(config, resume, ctx)
-    trainer = _build(config, run_dir, checkpoint, ctx, cuda_device)
+    resumed = read_resume_point(resume) if resume is not None else None
+    if resumed is not None:
+        config = check_resume_config(resumed.config, config, resumed.state.epoch)
+    data = _discover(config)
+    if resumed is not None:
+        check_same_classes(resumed.card.classes, data.classes, config.data.path or "the run's dataset")
+    run_dir = _open(config, resumed, ctx)
+    trainer = _build(config, data, run_dir, resumed, ctx, cuda_device)
     monitor = Monitor(config.train.monitor, config.train.early_stopping)
     metrics_log = MetricsLog(run_dir) if ctx.is_main else None
     start_epoch, history, phase, best_val = 0, [], None, None
-    if checkpoint is not None:
-        start_epoch, history = _restore(trainer, monitor, checkpoint)
+    if resumed is not None:
+        start_epoch, history = _restore(trainer, monitor, resumed)
         if metrics_log:
             metrics_log.truncate(start_epoch)
-        log.info("resumed %s after epoch %d", run_dir, start_epoch)
+        log.info("resumed %s after epoch %d of %d", run_dir, start_epoch, config.train.epochs)
 
     for epoch in range(start_epoch, config.train.epochs):
         if epoch == head_epochs(config) > 0 and (reason := _skip_finetune(trainer, history)):
@@ -121,9 +137,8 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
         if ctx.is_main:
             metrics_log.write(row)
             _log_epoch(row, improved)
-            _save(trainer, monitor, history, run_dir / "last.pt", epoch + 1)
+            _save(trainer, monitor, history, run_dir, epoch + 1, phase, improved)
             if improved:
-                _save(trainer, monitor, history, run_dir / "best.pt", epoch + 1)
                 best_val = val if not ctx.enabled else None
         for callback in callbacks:
             callback(trainer, row)
@@ -135,9 +150,16 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
     if metrics_log:
         metrics_log.close()
     distributed.shutdown()
-    best = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
+    best = run_dir / artifact.BEST if (run_dir / artifact.BEST).exists() else run_dir / artifact.LAST
     return TrainResult(run_dir=run_dir, best_checkpoint=best, splits=list(trainer.data.splits), history=history,
                        best_val=best_val, val_paths=[s.path for s in trainer.data.splits.get("val", [])])
+
+
+def _discover(config: RunConfig) -> DatasetSplits:
+    """The run's splits, with the hierarchy resolved into ``config.data.hierarchy_map``."""
+    data = discover_run(config.data)
+    attach_hierarchy(config.data, data)
+    return data
 
 
 def _run_epoch(trainer: Trainer, epoch: int) -> tuple[dict, Predictions]:
@@ -181,7 +203,8 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
     usable = len(loader) - len(loader) % accumulate  # an unfinished accumulation is dropped
     loss_sum, correct, seen = 0.0, 0, 0
     trainer.optimizer.zero_grad(set_to_none=True)
-    for i, batch in enumerate(progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=usable)):
+    batches = DeviceLoader(loader, trainer.device, trainer.memory_format)
+    for i, batch in enumerate(progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=usable)):
         if i >= usable:
             break
         trainer.bad_files.add(batch.bad)
@@ -223,7 +246,7 @@ def _batch_tensors(trainer: Trainer, batch) -> tuple:
     zero-weighted stand-in instead of hanging the others.
     """
     if len(batch) >= 2:
-        images, targets, weight = batch.model_input(trainer.device, trainer.memory_format), batch.targets, 1.0
+        images, targets, weight = batch.images, batch.targets, 1.0
     elif trainer.ctx.enabled:
         size = trainer.preprocessing.image_size
         images, targets, weight = torch.zeros(2, 3, size, size), torch.zeros(2, dtype=torch.long), 0.0
@@ -254,7 +277,8 @@ def _optimizer_step(trainer: Trainer) -> None:
 
 
 def _predict(trainer: Trainer, split: str) -> Predictions:
-    local = predict_loader(trainer.model, trainer.loaders[split], trainer.device, trainer.amp, desc=split)
+    local = predict_loader(trainer.model, trainer.loaders[split], trainer.device, trainer.amp, desc=split,
+                           memory_format=trainer.memory_format)
     predictions = distributed.gather_predictions(trainer.ctx, local)
     trainer.bad_files.add(predictions.bad)
     return predictions
@@ -325,20 +349,13 @@ def _epoch_row(trainer: Trainer, epoch: int, phase: str, train_stats: dict, val:
         "phase": phase,
         **train_stats,
         "val_loss": val.loss,
-        "val_acc": _topk_accuracy(val, 1),
-        f"val_top{k}": _topk_accuracy(val, k),
+        "val_acc": topk_accuracy(val.targets, val.probs, 1),
+        f"val_top{k}": topk_accuracy(val.targets, val.probs, k),
         **hierarchy_epoch_metrics(val, trainer.config.data.hierarchy_map, trainer.data.classes),
         "lr": lrs["head"],
         "backbone_lr": lrs.get("backbone", float("nan")),
         "seconds": round(seconds, 2),
     }
-
-
-def _topk_accuracy(predictions: Predictions, k: int) -> float:
-    if not len(predictions.targets):
-        return float("nan")
-    top = np.argsort(-predictions.probs, axis=1)[:, :k]
-    return float((top == predictions.targets[:, None]).any(axis=1).mean())
 
 
 def _log_epoch(row: dict, improved: bool) -> None:
@@ -347,46 +364,45 @@ def _log_epoch(row: dict, improved: bool) -> None:
              "  *best*" if improved else "")
 
 
-def _save(trainer: Trainer, monitor: Monitor, history: list[dict], path: Path, epoch: int) -> None:
-    save_checkpoint(
-        path,
-        config=trainer.config.to_dict(),
-        classes=trainer.data.classes,
-        preprocessing=trainer.preprocessing.to_dict(),
-        model=trainer.model.state_dict(),
-        optimizer=trainer.optimizer.state_dict(),
+def _save(trainer: Trainer, monitor: Monitor, history: list[dict], run_dir: Path, epoch: int, phase: str,
+          improved: bool) -> None:
+    """``last.safetensors`` + ``last.state.pt`` every epoch; ``best.safetensors`` when improved.
+
+    The state file is written after the weights and names their epoch, so a crash between
+    the two is detected on resume rather than continued from mismatched files.
+    """
+    card = ModelCard(classes=list(trainer.data.classes), preprocessing=trainer.preprocessing.to_dict(),
+                     config=trainer.config.to_dict(), hierarchy=trainer.config.data.hierarchy_map, epoch=epoch,
+                     phase=phase, monitor=monitor.state_dict(), head_fit=trainer.head_fit)
+    weights = trainer.model.state_dict()
+    artifact.save_model(run_dir / artifact.LAST, weights, card)
+    save_state(run_dir / STATE_FILE, TrainState(
+        epoch=epoch, step=trainer.step, optimizer=trainer.optimizer.state_dict(),
         scheduler=trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
-        scaler=trainer.scaler.state_dict(),
-        epoch=epoch,
-        step=trainer.step,
-        monitor=monitor.state_dict(),
-        history=history,
-        rng=rng_state(),
-        temperature=1.0,
-        hierarchy=trainer.config.data.hierarchy_map,  # fine -> coarse (also in config.data)
-        head_fit=trainer.head_fit,
-    )
+        scaler=trainer.scaler.state_dict(), schedule=trainer.schedule, monitor=monitor.state_dict(),
+        history=history, head_fit=trainer.head_fit))
+    if improved:
+        artifact.save_model(run_dir / artifact.BEST, weights, card)
 
 
-def _restore(trainer: Trainer, monitor: Monitor, checkpoint: dict) -> tuple[int, list[dict]]:
-    trainer.model.load_state_dict(checkpoint["model"])
-    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
-    if trainer.scheduler is not None and checkpoint.get("scheduler"):
-        trainer.scheduler.load_state_dict(checkpoint["scheduler"])
-    trainer.scaler.load_state_dict(checkpoint["scaler"])
-    trainer.step = checkpoint["step"]
-    trainer.head_fit = checkpoint.get("head_fit")
-    monitor.load_state_dict(checkpoint["monitor"])
+def _restore(trainer: Trainer, monitor: Monitor, resumed: ResumePoint) -> tuple[int, list[dict]]:
+    state = resumed.state
+    trainer.model.load_state_dict(resumed.state_dict)
+    trainer.optimizer.load_state_dict(state.optimizer)
+    if trainer.scheduler is not None and state.scheduler:
+        trainer.scheduler.load_state_dict(state.scheduler)
+    trainer.scaler.load_state_dict(state.scaler)
+    trainer.step = state.step
+    trainer.head_fit = state.head_fit
+    monitor.load_state_dict(state.monitor)
     monitor.patience = trainer.config.train.early_stopping
-    return checkpoint["epoch"], list(checkpoint["history"])
+    return state.epoch, list(state.history)
 
 
-def _open(config: RunConfig, resume, ctx: DistContext) -> tuple[Path, RunConfig, dict | None]:
-    """Rank 0 creates (or finds) the run folder and tells the other ranks where it is."""
-    checkpoint = None
-    if resume is not None:
-        checkpoint = read_checkpoint(Path(resume) / "last.pt" if Path(resume).is_dir() else resume)
-        run_dir = Path(checkpoint["path"]).parent
+def _open(config: RunConfig, resumed: ResumePoint | None, ctx: DistContext) -> Path:
+    """Rank 0 creates (or reuses, on resume) the run folder and tells the other ranks where it is."""
+    if resumed is not None:
+        run_dir = resumed.run_dir
     elif ctx.is_main:
         run_dir = open_run_dir(config)
     else:
@@ -396,27 +412,26 @@ def _open(config: RunConfig, resume, ctx: DistContext) -> tuple[Path, RunConfig,
     configure_logging(run_dir / "train.log" if ctx.is_main else None, verbose=ctx.is_main)
     if ctx.is_main:
         config.save(run_dir / "config.yaml")
-    return run_dir, config, checkpoint
+    return run_dir
 
 
-def _build(config: RunConfig, run_dir: Path, checkpoint: dict | None, ctx: DistContext,
+def _build(config: RunConfig, data: DatasetSplits, run_dir: Path, resumed: ResumePoint | None, ctx: DistContext,
            cuda_device: torch.device | None) -> Trainer:
     device = cuda_device or select_device(config.train.device)
     configure_cuda()
     amp = amp_dtype(device, config.train.amp)
     seed_everything(config.train.seed)
-    if config.train.finetune not in FINETUNE_CHOICES:
-        raise ValueError(f"--finetune {config.train.finetune!r}: choose one of {', '.join(FINETUNE_CHOICES)}")
     d = config.data
-    data = discover(d.path, d.train_dirs, d.val_dir, d.val_fraction, d.split_seed, nested=is_nested(d.hierarchy))
-    if attach_hierarchy(d, data) is not None and ctx.is_main:
-        config.save(run_dir / "config.yaml")  # now with the resolved fine -> coarse map
-    model, preprocessing = build_model(config.model, d, len(data.classes), load_weights=checkpoint is None)
+    model, preprocessing = build_model(config.model, d, len(data.classes), load_weights=resumed is None)
     if ctx.enabled and config.train.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=memory_format_for(device, config.train.channels_last))
     loaders = _make_loaders(data, preprocessing, config, ctx)
     optimizer = create_optimizer(model, config.train, from_scratch=not starts_pretrained(config.model))
+    schedule = plan_schedule(config.train, head_epochs(config), resumed.state.schedule if resumed else None)
+    if resumed is not None and len(schedule) > len(resumed.state.schedule):
+        log.info("resume: epochs %d-%d are added: a new %s segment over them from the base learning rates",
+                 sum(resumed.state.schedule) + 1, config.train.epochs, config.train.scheduler)
     _describe(config, data, model, device, run_dir, ctx)
     return Trainer(
         config=config,
@@ -426,7 +441,7 @@ def _build(config: RunConfig, run_dir: Path, checkpoint: dict | None, ctx: DistC
         loaders=loaders,
         optimizer=optimizer,
         scheduler=create_scheduler(optimizer, config.train, len(loaders["train"]) // config.train.accumulate,
-                                   head_epochs(config)),
+                                   schedule),
         scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
         device=device,
         amp=amp,
@@ -434,6 +449,7 @@ def _build(config: RunConfig, run_dir: Path, checkpoint: dict | None, ctx: DistC
         mixer=build_mixer(config, len(data.classes)),
         bad_files=BadFileLog(run_dir / "bad_files.csv" if ctx.is_main else None),
         ctx=ctx,
+        schedule=schedule,
     )
 
 

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from imgcls.config import RunConfig
 from imgcls.data.balance import loss_class_weights
+from imgcls.data.hierarchy import Hierarchy
 from imgcls.data.sources import DatasetSplits
 from imgcls.training.mixing import mixing_enabled
 
@@ -20,8 +21,6 @@ from imgcls.training.mixing import mixing_enabled
 def build_criterion(config: RunConfig, data: DatasetSplits) -> nn.Module:
     weight = loss_class_weights(config, data)  # --balance weights, else None
     if config.data.hierarchy_map:
-        from imgcls.data.hierarchy import Hierarchy
-
         hierarchy = Hierarchy.from_map(data.classes, config.data.hierarchy_map)
         smoothing = 0.0 if mixing_enabled(config) else config.train.label_smoothing
         return HierarchicalLoss(torch.as_tensor(hierarchy.parent), config.train.coarse_weight,

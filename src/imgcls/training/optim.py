@@ -6,11 +6,9 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
-from imgcls.config import TrainConfig
+from imgcls.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 from imgcls.models.classifier import ImageClassifier
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULERS = ("cosine", "plateau", "none")
 
 
 def param_groups(model: ImageClassifier, cfg: TrainConfig, from_scratch: bool = False) -> list[dict]:
@@ -47,31 +45,49 @@ def create_optimizer(model: ImageClassifier, cfg: TrainConfig, from_scratch: boo
                                weight_decay=cfg.weight_decay, **extra)
 
 
-def create_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int, head_epochs: int = 0):
+def plan_schedule(cfg: TrainConfig, head_epochs: int = 0, planned: list[int] | None = None) -> list[int]:
+    """Epochs of each learning-rate segment.
+
+    A new run: one segment, or two with a head phase under cosine (the cosine restarts when
+    fine-tuning begins, as Keras users recompile for phase two: one long cosine would leave
+    the backbone only the tail of the schedule). A resumed run keeps the segments it
+    ``planned``; epochs added on resume (``--epochs`` above the plan) form one more segment,
+    a new cosine from the base rates without warm-up, so that they learn instead of running
+    at the end of the old cosine's rate (zero).
+    """
+    if planned:
+        extra = cfg.epochs - sum(planned)
+        return list(planned) + ([extra] if extra > 0 else [])
+    if cfg.scheduler == "cosine" and 0 < head_epochs < cfg.epochs:
+        return [head_epochs, cfg.epochs - head_epochs]
+    return [cfg.epochs]
+
+
+def create_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int, segments: list[int]):
     """A timm scheduler stepped per update (cosine) or per epoch (plateau); None for 'none'.
 
-    With a head phase, the cosine restarts when fine-tuning begins (as Keras users
-    recompile for phase two): one long cosine would leave the backbone only the tail of the
-    schedule, at a fraction of ``--backbone-lr``.
+    ``segments`` comes from :func:`plan_schedule`; a cosine gets one timm schedule per segment.
     """
     if cfg.scheduler not in SCHEDULERS:
         raise ValueError(f"--scheduler {cfg.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     if cfg.scheduler == "none":
         return None
-    if cfg.scheduler == "cosine" and 0 < head_epochs < cfg.epochs:
-        return PhasedScheduler([_timm_scheduler(optimizer, cfg, steps_per_epoch, head_epochs),
-                                _timm_scheduler(optimizer, cfg, steps_per_epoch, cfg.epochs - head_epochs)],
-                               head_epochs * steps_per_epoch)
-    return _timm_scheduler(optimizer, cfg, steps_per_epoch, cfg.epochs)
+    if cfg.scheduler == "plateau":
+        return _timm_scheduler(optimizer, cfg, steps_per_epoch, sum(segments), cfg.warmup_epochs)
+    # Warm-up only where the run starts (and where fine-tuning starts): not for added epochs.
+    warmups = [cfg.warmup_epochs if i < 2 else 0.0 for i in range(len(segments))]
+    return SegmentedScheduler([_timm_scheduler(optimizer, cfg, steps_per_epoch, epochs, warmup)
+                               for epochs, warmup in zip(segments, warmups)],
+                              [epochs * steps_per_epoch for epochs in segments])
 
 
-def _timm_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int, epochs: int):
+def _timm_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int, epochs: int, warmup_epochs: float):
     mode = "min" if "loss" in cfg.monitor else "max"
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.scheduler,
         num_epochs=epochs,
-        warmup_epochs=cfg.warmup_epochs,
+        warmup_epochs=warmup_epochs,
         warmup_lr=cfg.lr * 0.01,
         min_lr=0.0,
         decay_rate=cfg.plateau_factor,
@@ -83,26 +99,29 @@ def _timm_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int, epochs: i
     return scheduler
 
 
-class PhasedScheduler:
-    """Two timm schedules back to back: the first for ``boundary`` updates, then the second
-    from its own start. timm's schedules are functions of the update count, so the state to
-    save is only that count, which the training loop keeps."""
+class SegmentedScheduler:
+    """timm schedules back to back, each from its own start: the first for ``lengths[0]``
+    updates, then the next, and so on. timm's schedules are functions of the update count,
+    so the state to save is only that count, which the training loop keeps."""
 
-    def __init__(self, phases: list, boundary: int):
-        self.phases, self.boundary = phases, boundary
+    def __init__(self, phases: list, lengths: list[int]):
+        self.phases, self.lengths = phases, lengths
         self.step_update(0)
 
     def step_update(self, num_updates: int) -> None:
-        # The update that ends the first phase still belongs to it, so the last head epoch
-        # logs the rate it ended with, not the next phase's starting rate.
-        if num_updates <= self.boundary:
-            self.phases[0].step_update(num_updates)
-        else:
-            self.phases[1].step_update(num_updates - self.boundary)
+        # The update that ends a segment still belongs to it, so the segment's last epoch
+        # logs the rate it ended with, not the next segment's starting rate.
+        start = 0
+        for phase, length in zip(self.phases, self.lengths):
+            if num_updates <= start + length or phase is self.phases[-1]:
+                phase.step_update(num_updates - start)
+                return
+            start += length
 
     def state_dict(self) -> dict:
-        return {"phases": [phase.state_dict() for phase in self.phases], "boundary": self.boundary}
+        return {"phases": [phase.state_dict() for phase in self.phases], "lengths": list(self.lengths)}
 
     def load_state_dict(self, state: dict) -> None:
+        # Segments added on resume have no saved state: they keep their fresh one.
         for phase, saved in zip(self.phases, state["phases"]):
             phase.load_state_dict(saved)

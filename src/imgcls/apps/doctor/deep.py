@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgcls.data.doctor.groups import HELD_OUT, Finding, flag_leak
-from imgcls.data.doctor.scan import FileRecord
-from imgcls.runtime import log, memory_format_for, progress
+from imgcls.apps.doctor.groups import HELD_OUT, Finding, flag_leak
+from imgcls.apps.doctor.scan import FileRecord
+from imgcls.runtime import log
 
 
 @dataclass
@@ -25,40 +25,12 @@ class Features:
     vectors: np.ndarray  # (n, d), L2-normalised backbone features
 
 
-def embed(records: list[FileRecord], backbone: str = "efficientnet_lite0", pretrained: bool = True,
-          image_size: int | None = None, batch_size: int = 64, workers: int | None = None,
-          device: str = "auto") -> Features:
-    """Pooled backbone features of every image that decoded, with the eval preprocessing."""
-    import torch
-
-    from imgcls.config import DataConfig, ModelConfig
-    from imgcls.data.dataset import ImageDataset
-    from imgcls.data.loaders import make_loader
-    from imgcls.data.transforms import eval_transform
-    from imgcls.models.classifier import build_model
-    from imgcls.runtime import select_device
-
+def embed(records: list[FileRecord], embedder) -> Features:
+    """Features of every record that decodes, from ``embedder`` (paths -> (vectors, decoded
+    mask), e.g. :class:`imgcls.inference.embedding.BackboneEmbedder`)."""
     usable = [r for r in records if r.decodes]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # a randomly initialised backbone (tests) gives the same findings every run
-        model, preprocessing = build_model(ModelConfig(name=backbone, pretrained=pretrained),
-                                           DataConfig(image_size=image_size), num_classes=1)
-    target = select_device(device)
-    net = model.backbone.eval().to(target, memory_format=memory_format_for(target))
-    dataset = ImageDataset([r.path for r in usable], None, eval_transform(preprocessing),
-                           draft_size=preprocessing.resize_size)
-    loader = make_loader(dataset, batch_size, train=False, workers=workers)
-    vectors = np.zeros((len(usable), net.num_features), dtype=np.float32)
-    ok = np.zeros(len(usable), dtype=bool)
-    with torch.no_grad():
-        for batch in progress(loader, desc=f"{backbone} features", total=len(loader)):
-            if len(batch):
-                output = net(batch.images.to(next(net.parameters()).device)).float().cpu().numpy()
-                vectors[batch.indices.numpy()] = output
-                ok[batch.indices.numpy()] = True
-    vectors = vectors[ok]
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return Features([r for r, good in zip(usable, ok) if good], vectors)
+    vectors, decoded = embedder([r.path for r in usable])
+    return Features([r for r, good in zip(usable, decoded) if good], vectors)
 
 
 def embedding_leaks(features: Features, threshold: float, known: set[tuple[str, str]] = frozenset()

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from imgcls.api import load, train
-from imgcls.deploy.predict import write_predictions_csv
+from imgcls.inference.rows import write_predictions_csv
 
-SAMPLE = Path(__file__).parent / "assets" / "hymenoptera-256.tar.gz"
+SAMPLE = Path(__file__).parents[1] / "assets" / "hymenoptera-256.tar.gz"
 
 
 def extract_sample(out_dir: Path) -> Path:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from imgcls.data.doctor.scan import FileRecord
+from imgcls.apps.doctor.scan import FileRecord
 from imgcls.data.images import is_image_file
 from imgcls.data.sources import UNKNOWN_FOLDER
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import imagehash
 from PIL import Image, UnidentifiedImageError
 
-from imgcls.data.doctor.checks import check_header, decode_problem
+from imgcls.apps.doctor.checks import check_header, decode_problem
 from imgcls.data.images import ImageDecodeError, load_rgb
 from imgcls.data.sources import TEST_NAMES, VAL_NAMES, DatasetError, read_manifest
 from imgcls.runtime import progress

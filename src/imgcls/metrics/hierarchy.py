@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from imgcls.data.hierarchy import Hierarchy
-from imgcls.evaluation.metrics import classification_metrics
+from imgcls.metrics.classification import classification_metrics
 
 
 def consistency_rate(fine_probs: np.ndarray, coarse_probs: np.ndarray, hierarchy: Hierarchy) -> float:

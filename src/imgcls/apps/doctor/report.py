@@ -7,8 +7,8 @@ import json
 import math
 from pathlib import Path
 
-from imgcls.data.doctor.checks import BLOCKING, PROBLEMS
-from imgcls.data.doctor.doctor import DoctorReport
+from imgcls.apps.doctor.checks import BLOCKING, PROBLEMS
+from imgcls.apps.doctor.doctor import DoctorReport
 
 OVERVIEW_COLUMNS = ["path", "split", "class", "format", "width", "height", "mode", "bytes", "content_hash",
                     "perceptual_hash", "problems", "details"]

@@ -26,9 +26,10 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["classification_metrics", "format_metrics_table", "write_metrics"]
+from imgcls.metrics.calibration import ECE_BINS, expected_calibration_error
 
-ECE_BINS = 15
+__all__ = ["ECE_BINS", "classification_metrics", "format_metrics_table", "topk_accuracy", "write_metrics"]
+
 MOST_CONFUSED_LIMIT = 10
 BEST_WORST_LIMIT = 5
 
@@ -96,8 +97,12 @@ def _sanitise_probs(probs: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def _topk_accuracy(y: np.ndarray, probs: np.ndarray, k: int) -> float:
-    """Fraction of samples whose true class is among the k highest scores."""
+def topk_accuracy(y: np.ndarray, probs: np.ndarray, k: int) -> float:
+    """Share of the (n,) int labels ``y`` among the ``k`` highest of the (n, C) ``probs`` (or
+    logits) of their row; NaN for an empty set. The one top-k of imgcls: training's
+    per-epoch columns and evaluation both use it."""
+    if not len(y):
+        return float("nan")
     if k >= probs.shape[1]:
         return 1.0
     true_scores = probs[np.arange(len(y)), y]
@@ -125,30 +130,6 @@ def _roc_auc_ovr(y: np.ndarray, probs: np.ndarray) -> float | None:
             continue
         aucs.append(roc_auc_score(is_c.astype(np.int64), probs[:, c]))
     return float(np.mean(aucs)) if aucs else None
-
-
-def _expected_calibration_error(
-    y: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS
-) -> float:
-    """Expected calibration error of the top-1 prediction.
-
-    Confidences (max probability) are grouped into ``n_bins`` equal-width bins
-    over [0, 1], each bin being (lo, hi] (the first also includes 0). ECE is
-    the sum over non-empty bins of |accuracy - mean confidence| weighted by
-    the fraction of samples in the bin (Guo et al., 2017).
-    """
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y).astype(np.float64)
-    inner_edges = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
-    # right=True makes bins upper-inclusive, so a confidence of exactly 1.0
-    # lands in the last bin rather than in an extra overflow bin.
-    bin_index = np.digitize(confidence, inner_edges, right=True)
-    ece = 0.0
-    for b in np.unique(bin_index):
-        in_bin = bin_index == b
-        gap = abs(correct[in_bin].mean() - confidence[in_bin].mean())
-        ece += gap * in_bin.mean()
-    return float(ece)
 
 
 def _most_confused(
@@ -252,13 +233,13 @@ def classification_metrics(
         "n": int(n),
         "num_classes": int(num_classes),
         "topk": int(k),
-        "top1": _topk_accuracy(y, p, 1),
-        "topk_accuracy": _topk_accuracy(y, p, k),
+        "top1": topk_accuracy(y, p, 1),
+        "topk_accuracy": topk_accuracy(y, p, k),
         **prf,
         "log_loss": float(log_loss(y, p, labels=labels)),
         "roc_auc_ovr": _roc_auc_ovr(y, p),
         "mcc": float(matthews_corrcoef(y, pred)),
-        "ece": _expected_calibration_error(y, p),
+        "ece": expected_calibration_error(y, p),
         "per_class": _per_class_rows(class_names, prec, rec, f1, support),
         "confusion_matrix": cm.astype(int).tolist(),
         "most_confused": _most_confused(cm, class_names),

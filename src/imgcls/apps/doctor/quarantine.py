@@ -14,9 +14,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from imgcls.data.doctor.checks import BLOCKING
-from imgcls.data.doctor.doctor import DoctorReport
-from imgcls.data.doctor.scan import content_hash
+from imgcls.apps.doctor.checks import BLOCKING
+from imgcls.apps.doctor.doctor import DoctorReport
+from imgcls.apps.doctor.scan import content_hash
 from imgcls.data.sources import DatasetError
 
 COLUMNS = ["original_path", "problem", "content_hash", "detail"]

@@ -6,9 +6,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from imgcls.data.doctor.checks import BLOCKING, PROBLEMS
-from imgcls.data.doctor.groups import Finding, class_balance, dataset_checks
-from imgcls.data.doctor.scan import FileRecord, find_files, scan_files
+from imgcls.apps.doctor.checks import BLOCKING, PROBLEMS
+from imgcls.apps.doctor.groups import Finding, class_balance, dataset_checks
+from imgcls.apps.doctor.scan import FileRecord, find_files, scan_files
+from imgcls.apps.doctor.deep import embed, embedding_leaks, label_errors
+from imgcls.inference.embedding import BackboneEmbedder
 from imgcls.runtime import log
 
 
@@ -58,8 +60,12 @@ class DoctorReport:
         return asdict(self.options)
 
 
-def run_doctor(data: str | Path, options: DoctorOptions | None = None) -> DoctorReport:
-    """Check the dataset at ``data`` (a folder or CSV manifest); nothing is changed on disk."""
+def run_doctor(data: str | Path, options: DoctorOptions | None = None, embedder=None) -> DoctorReport:
+    """Check the dataset at ``data`` (a folder or CSV manifest); nothing is changed on disk.
+
+    ``embedder`` (paths -> (L2-normalised vectors, decoded mask)) computes the features of
+    ``--deep`` and ``--label-check``; by default a :class:`BackboneEmbedder` of ``options.backbone``.
+    """
     options = options or DoctorOptions()
     files = find_files(data)
     seconds: dict[str, float] = {}
@@ -71,19 +77,18 @@ def run_doctor(data: str | Path, options: DoctorOptions | None = None) -> Doctor
     balance = class_balance(records, options.imbalance_ratio)
     seconds["cross-file checks"] = time.perf_counter() - started
     if options.deep or options.label_check:
-        findings += _feature_checks(records, findings, options, seconds)
+        embedder = embedder or BackboneEmbedder(options.backbone, options.pretrained, options.feature_size,
+                                                options.batch_size, options.workers, options.device)
+        findings += _feature_checks(records, findings, options, seconds, embedder)
     return DoctorReport(files.root, files.layout, options, records, findings, balance, seconds)
 
 
 def _feature_checks(records: list[FileRecord], findings: list[Finding], options: DoctorOptions,
-                    seconds: dict[str, float]) -> list[Finding]:
-    from imgcls.data.doctor.deep import embed, embedding_leaks, label_errors
-
+                    seconds: dict[str, float], embedder) -> list[Finding]:
     started = time.perf_counter()
     # Files that training would skip anyway get no features.
     usable = [r for r in records if r.decodes and not r.problems.keys() & {"unreadable", "truncated"}]
-    features = embed(usable, options.backbone, options.pretrained, options.feature_size, options.batch_size,
-                     options.workers, options.device)
+    features = embed(usable, embedder)
     seconds["features"] = time.perf_counter() - started
     log.info("doctor: %d images embedded with %s in %.1fs", len(features.records), options.backbone,
              seconds["features"])

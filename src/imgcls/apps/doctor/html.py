@@ -8,9 +8,9 @@ from pathlib import Path
 
 from jinja2 import Environment
 
-from imgcls.data.doctor.checks import PROBLEMS
-from imgcls.data.doctor.doctor import DoctorReport
-from imgcls.data.doctor.report import report_dict
+from imgcls.apps.doctor.checks import PROBLEMS
+from imgcls.apps.doctor.doctor import DoctorReport
+from imgcls.apps.doctor.report import report_dict
 from imgcls.data.images import ImageDecodeError, load_rgb
 
 # Sections are capped so a dataset with thousands of findings still gives a page a browser
