@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +74,24 @@ def shared_dataset(name: str) -> Path:
 def _private_cache(monkeypatch, tmp_path):
     """Disk pixel caches go to the test's own folder, never the user's ~/.cache."""
     monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path / "imgcls-cache"))
+
+
+# The browser tests (report page, upload page) share one fixture, so that whichever runs
+# first on a fresh CI machine installs the browser for both.
+def _find_chromium() -> str | None:
+    return next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, installed with apt-get when missing and allowed (root)."""
+    path = _find_chromium()
+    if path is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+            subprocess.run(command, env=env, capture_output=True, timeout=1200, check=False)
+        path = _find_chromium()
+    if path is None:
+        pytest.skip("the browser check needs Debian's chromium, which is not installed and cannot be "
+                    "installed here (needs root and apt-get: apt-get install chromium)")
+    return path

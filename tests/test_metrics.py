@@ -11,9 +11,12 @@ import pytest
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
+    f1_score,
     log_loss,
     matthews_corrcoef,
+    precision_score,
     precision_recall_fscore_support,
+    recall_score,
     roc_auc_score,
     top_k_accuracy_score,
 )
@@ -173,10 +176,11 @@ def test_absent_class() -> None:
     assert m["per_class"][3]["support"] == 0
     assert m["confusion_matrix"][3] == [0] * num_classes
     assert m["confusion_matrix"] == confusion_matrix(y, pred, labels=labels).tolist()
+    # Macro averages run over the classes present in y (sklearn's labels=), not all four.
     p, r, f, _ = precision_recall_fscore_support(
-        y, pred, labels=labels, average="macro", zero_division=0
+        y, pred, labels=[0, 1, 2], average="macro", zero_division=0
     )
-    assert m["f1_macro"] == pytest.approx(f)
+    assert m["f1_macro"] == pytest.approx(f) and m["absent_classes"] == ["class_3"]
     assert "class_3" not in m["best_classes"]
     assert "class_3" not in m["worst_classes"]
 
@@ -402,3 +406,37 @@ def test_write_metrics_round_trip(tmp_path) -> None:
         assert float(written["recall"]) == pytest.approx(row["recall"])
         assert float(written["f1"]) == pytest.approx(row["f1"])
         assert int(written["support"]) == row["support"]
+
+
+def _confident(labels, num_classes, predicted=None):
+    """Probabilities that put 0.9 on ``predicted`` (default: the true label) in every row."""
+    predicted = labels if predicted is None else predicted
+    probs = np.full((len(labels), num_classes), 0.1 / (num_classes - 1))
+    probs[np.arange(len(labels)), predicted] = 0.9
+    return probs
+
+
+def test_a_perfect_model_on_a_split_without_one_class_scores_one():
+    # The issue's case: a perfect model, a test split lacking one of three training classes.
+    y = np.array([0, 0, 1, 1, 1])
+    metrics = classification_metrics(y, _confident(y, 3), ["cat", "dog", "frog"])
+    assert metrics["f1_macro"] == 1.0 and metrics["precision_macro"] == 1.0 and metrics["recall_macro"] == 1.0
+    assert metrics["f1_weighted"] == 1.0
+    assert metrics["absent_classes"] == ["frog"]
+    assert metrics["per_class"][2] == {"class": "frog", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert "absent from this set, left out of the averages: frog" in format_metrics_table(metrics)
+
+
+def test_averages_over_present_classes_match_sklearn_labels_even_with_predictions_of_absent_ones():
+    # Another case of the kind: mistakes, and one image predicted as the absent class.
+    y = np.array([0, 0, 0, 1, 1, 3])
+    pred = np.array([0, 0, 2, 1, 0, 3])
+    metrics = classification_metrics(y, _confident(y, 4, pred), ["a", "b", "c", "d"])
+    present = [0, 1, 3]
+    for average in ("macro", "weighted"):
+        assert metrics[f"f1_{average}"] == pytest.approx(f1_score(y, pred, labels=present, average=average))
+        assert metrics[f"precision_{average}"] == pytest.approx(
+            precision_score(y, pred, labels=present, average=average, zero_division=0))
+        assert metrics[f"recall_{average}"] == pytest.approx(recall_score(y, pred, labels=present, average=average))
+    assert metrics["absent_classes"] == ["c"]
+    assert metrics["confusion_matrix"][0][2] == 1  # the mistake still shows in the matrix

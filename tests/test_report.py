@@ -151,27 +151,6 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def _find_chromium() -> str | None:
-    return next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing and allowed (root)."""
-    path = _find_chromium()
-    if path is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-            subprocess.run(command, env=env, capture_output=True, timeout=1200, check=False)
-        path = _find_chromium()
-    if path is None:
-        pytest.skip("the browser check needs Debian's chromium, which is not installed and cannot be "
-                    "installed here (needs root and apt-get: apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="the dev dependency playwright is missing: "
-                                                      "pip install -e '.[dev]'")
-    return path
-
-
 def _open(chromium: str, page_path: Path, width: int, screenshot: Path) -> dict:
     """Load the page in headless Chromium; everything the checks need, plus a screenshot."""
     from playwright.sync_api import sync_playwright

@@ -1,8 +1,9 @@
 """The upload page in a real headless Chromium: pick a file, see the predicted label.
 
 Drives Debian's ``chromium`` over the DevTools protocol (a few JSON messages on a
-websocket, no browser-automation package needed). Skips when chromium is not installed
-(``apt-get install chromium``). Set IMGCLS_SCREENSHOT_DIR to keep the screenshot.
+websocket, no browser-automation package needed). The ``chromium`` fixture (conftest.py)
+installs it on a fresh machine where it may (root, apt-get), as the report's browser test
+does. Set IMGCLS_SCREENSHOT_DIR to keep the screenshot.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ from deploy_support import sample_image, trained_run  # noqa: F401 - fixtures
 import imgcls
 from imgcls.deploy.serve import create_app
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 websockets_sync = pytest.importorskip("websockets.sync.client")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -64,9 +63,9 @@ class Server:
 class Browser:
     """A headless chromium and a DevTools-protocol session on its first page."""
 
-    def __init__(self, profile: Path):
+    def __init__(self, chromium: str, profile: Path):
         self.stack = contextlib.ExitStack()
-        self.process = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        self.process = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         port = self._devtools_port()
         targets = json.load(_LOCAL.open(f"http://127.0.0.1:{port}/json/list", timeout=10))
@@ -113,12 +112,12 @@ class Browser:
         self.process.wait(10)
 
 
-def test_pick_a_file_and_see_the_label(trained_run, tmp_path):
+def test_pick_a_file_and_see_the_label(trained_run, chromium, tmp_path):
     model = imgcls.load(trained_run.checkpoint, device="cpu")
     image = sample_image(tmp_path / "upload" / "red_square.png", colour=(200, 40, 40), size=(240, 180))
     expected = model.predict([image])[0]["label"]
     with Server(create_app(model)) as server:
-        browser = Browser(tmp_path / "profile")
+        browser = Browser(chromium, tmp_path / "profile")
         try:
             browser.call("Page.enable")
             browser.call("Page.navigate", url=server.url + "/")

@@ -169,11 +169,18 @@ def _best_and_worst(
 
 
 def _prf(y: np.ndarray, pred: np.ndarray, labels: list[int]) -> dict[str, Any]:
-    """Per-class and macro/weighted precision, recall and F1."""
+    """Per-class and macro/weighted precision, recall and F1.
+
+    The averages run over the classes present in ``y`` (scikit-learn's ``labels=``): a
+    class the split has no image of has no recall, and counting it as 0 (the
+    ``zero_division`` convention) would mark a perfect model down for the split's make-up.
+    The per-class rows still list every class.
+    """
     out: dict[str, Any] = {}
+    present = [c for c in labels if np.any(y == c)]
     for average in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(
-            y, pred, labels=labels, average=average, zero_division=0
+            y, pred, labels=present, average=average, zero_division=0
         )
         out[f"precision_{average}"] = float(p)
         out[f"recall_{average}"] = float(r)
@@ -212,6 +219,9 @@ def classification_metrics(
 ) -> dict:
     """Compute a full, JSON-serialisable metrics report.
 
+    Macro and weighted averages are over the classes present in ``y_true``;
+    ``absent_classes`` names the others.
+
     y_true: (n,) int class indices; probs: (n, C) probabilities (rows sum to 1).
     Probabilities are clipped and renormalised before use, so slightly
     unnormalised low-precision softmax outputs are accepted. Raises ValueError
@@ -226,6 +236,7 @@ def classification_metrics(
 
     prf = _prf(y, pred, labels)
     prec, rec, f1, support = prf.pop("_per_class")
+    absent = [class_names[c] for c in labels if support[c] == 0]
     cm = confusion_matrix(y, pred, labels=labels)
     best, worst = _best_and_worst(f1, support, class_names)
 
@@ -241,6 +252,7 @@ def classification_metrics(
         "mcc": float(matthews_corrcoef(y, pred)),
         "ece": expected_calibration_error(y, p),
         "per_class": _per_class_rows(class_names, prec, rec, f1, support),
+        "absent_classes": absent,  # no image in this set: left out of the macro/weighted averages
         "confusion_matrix": cm.astype(int).tolist(),
         "most_confused": _most_confused(cm, class_names),
         "best_classes": best,
@@ -269,7 +281,10 @@ def _headline_lines(m: dict) -> list[str]:
         ("n", str(m["n"])),
     ]
     width = max(len(label) for label, _ in rows)
-    return ["Summary"] + [f"  {label:<{width}}  {value}" for label, value in rows]
+    lines = ["Summary"] + [f"  {label:<{width}}  {value}" for label, value in rows]
+    if m.get("absent_classes"):
+        lines.append(f"  (absent from this set, left out of the averages: {', '.join(m['absent_classes'])})")
+    return lines
 
 
 def _per_class_lines(m: dict, max_classes: int) -> list[str]:
