@@ -69,8 +69,8 @@ def main() -> None:
         started = time.perf_counter()
         run = imgcls.train(data, name=name, **common, **extra)
         seconds = time.perf_counter() - started
-        metrics = imgcls.load(run.best_checkpoint, device="cpu").evaluate(None, split="test",
-                                                                          out_dir=run.run_dir / "eval-test")
+        metrics = imgcls.evaluate(run.best_checkpoint, split="test", out_dir=run.run_dir / "eval-test",
+                                  device="cpu")
         results[name] = (metrics, seconds, run.run_dir)
 
     print(f"\ncifar10-small test split ({results['flat'][0]['n']} images), efficientnet_lite0 frozen, "

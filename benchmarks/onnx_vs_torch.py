@@ -1,7 +1,7 @@
 """ONNX Runtime vs PyTorch eager: CPU inference throughput at batch 1 and 32.
 
     .venv/bin/python benchmarks/onnx_vs_torch.py                  # efficientnet_lite0 at 224
-    .venv/bin/python benchmarks/onnx_vs_torch.py --checkpoint runs/x/best.pt --no-int8
+    .venv/bin/python benchmarks/onnx_vs_torch.py --checkpoint runs/x --no-int8
 
 Makes a real checkpoint (head-only epoch on generated images) unless one is given, exports
 it with ``imgcls export`` (parity checked), and times the same preprocessed batches through
@@ -26,7 +26,7 @@ from deploy_common import quick_checkpoint  # noqa: E402
 
 import imgcls  # noqa: E402
 from imgcls.deploy.export import export_checkpoint  # noqa: E402
-from imgcls.deploy.onnx_model import INPUT_NAME, LOGITS_NAME, open_session  # noqa: E402
+from imgcls.inference.backends import INPUT_NAME, LOGITS_NAME, open_session  # noqa: E402
 
 
 def throughput(run, batch: np.ndarray, seconds: float, warmup: int = 3) -> tuple[float, float]:
@@ -58,7 +58,7 @@ def main() -> int:
         report = export_checkpoint(checkpoint, Path(tmp) / "model.onnx", int8=not args.no_int8)
         print(report.summary())
         classifier = imgcls.load(checkpoint, device="cpu")
-        model = classifier.model.eval()
+        model = classifier.torch_module.eval()
         size = classifier.preprocessing.image_size
 
         def torch_run(batch: np.ndarray):

@@ -58,8 +58,8 @@ def main() -> None:
                            lr=args.lr, label_smoothing=0.0, seed=0, unknown_threshold="auto", unknown_score="msp",
                            unknown_keep=args.keep)
         seconds = time.perf_counter() - started
-        metrics = imgcls.load(run.best_checkpoint, device="cpu").evaluate(None, split="test",
-                                                                          out_dir=run.run_dir / "eval-test")
+        metrics = imgcls.evaluate(run.best_checkpoint, split="test", out_dir=run.run_dir / "eval-test",
+                                  device="cpu")
         o = metrics["openset"]
         for score in ("msp", "energy"):
             m = o[score]

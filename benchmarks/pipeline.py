@@ -71,6 +71,9 @@ def _drain(loader, limit: int, first_epoch: int = 1) -> int:
     """Images delivered until ``limit``, over as many epochs as that takes."""
     import torch
 
+    from imgcls.data.loaders import DeviceLoader
+
+    finisher = DeviceLoader(loader, torch.device("cpu"))
     seen, epoch = 0, first_epoch
     while seen < limit:
         if hasattr(loader.sampler, "set_epoch"):
@@ -78,7 +81,7 @@ def _drain(loader, limit: int, first_epoch: int = 1) -> int:
         for batch in loader:
             # imgcls batches may still be uint8: finishing them (jitter, normalisation) is part
             # of the input pipeline's cost, paid here in the main process as training would.
-            images = batch.model_input(torch.device("cpu")) if hasattr(batch, "model_input") else batch[0]
+            images = finisher.finish(batch).images if hasattr(batch, "factors") else batch[0]
             seen += len(images)
             if seen >= limit:
                 break

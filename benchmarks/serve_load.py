@@ -1,7 +1,7 @@
 """Bounded load test of ``imgcls serve`` on loopback: batching on vs off, in one run.
 
     .venv/bin/python benchmarks/serve_load.py                       # lite0 at 224, 2,000 requests, 16 concurrent
-    .venv/bin/python benchmarks/serve_load.py --checkpoint runs/x/best.pt --requests 500
+    .venv/bin/python benchmarks/serve_load.py --checkpoint runs/x --requests 500
 
 Starts the real server (``imgcls serve`` in a subprocess, 127.0.0.1 and a free port only)
 once with batching (``--max-batch 32``) and once without (``--max-batch 1``, the baseline),
