@@ -29,6 +29,7 @@ from imgcls.metrics.classification import classification_metrics, write_metrics
 from imgcls.metrics.hierarchy import hierarchy_metrics
 
 WHOLE = "all"  # the split name of a dataset evaluated whole
+PLAIN_KEYS = ("top1", "topk_accuracy", "f1_macro", "log_loss", "ece", "loss")
 
 
 @dataclass
@@ -155,12 +156,19 @@ def write_eval(evaluation: Evaluation, classes: list[str], out_dir: Path,
 
 def evaluate(classifier: Classifier, data: str | Path | None = None, split: str | None = None,
              out_dir: str | Path | None = None, batch_size: int = 64, workers: int | None = None,
-             unknown: str | Path | None = None, raw: Predictions | None = None) -> Evaluation:
+             unknown: str | Path | None = None, raw: Predictions | None = None,
+             plain_raw: Predictions | None = None) -> Evaluation:
     """Evaluate one set (see :func:`load_split`) and write its files to ``out_dir`` (default:
     :func:`default_out_dir`); ``metrics["files"]`` lists them. With out-of-distribution images
-    (``unknown``, or the split's ``unknown/`` folder) the metrics include ``openset``."""
+    (``unknown``, or the split's ``unknown/`` folder) the metrics include ``openset``. With
+    test-time augmentation, ``without_tta`` holds the headline metrics of the plain model
+    (``plain_raw``: its temperature-1 predictions, when already computed)."""
     split, samples = load_split(data, classifier.config, split)
     metrics, predictions = evaluate_samples(classifier, samples, batch_size, workers, raw)
+    if classifier.tta != "none":  # the same model without TTA, for comparison
+        plain, _ = evaluate_samples(classifier.with_tta("none"), samples, batch_size, workers, plain_raw)
+        metrics["tta"] = classifier.tta
+        metrics["without_tta"] = {key: plain[key] for key in PLAIN_KEYS}
     metrics["split"] = split
     metrics["model"] = str(classifier.source) if classifier.source else None
     if data is not None:

@@ -54,6 +54,8 @@ class ModelCard:
         epoch, phase: the epoch (1-based) and training phase the weights come from.
         monitor: the monitored metric's name, best value and best epoch at save time.
         head_fit: the head's clean train top-1 on frozen features, when measured.
+        tta: test-time augmentation that eval, predict and serve apply (``none``: off).
+        ema: the weights are an exponential moving average of the trained ones.
     """
 
     classes: list[str]
@@ -68,6 +70,8 @@ class ModelCard:
     phase: str | None = None
     monitor: dict | None = None
     head_fit: float | None = None
+    tta: str = "none"
+    ema: bool = False
     imgcls_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     format: str = FORMAT

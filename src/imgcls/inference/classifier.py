@@ -20,6 +20,7 @@ from imgcls.errors import UserError
 from imgcls.inference.card import ModelCard
 from imgcls.inference.predictions import Predictions, predict_loader
 from imgcls.inference.rows import error_row, format_predictions
+from imgcls.inference.tta import TtaBackend
 from imgcls.inference.unknown import UnknownRule
 from imgcls.runtime import infer
 
@@ -36,11 +37,16 @@ class Classifier:
         backend: ``TorchBackend`` or ``OnnxBackend``.
         source: the file it was loaded from (None for one built in memory).
         unknown: an open-set rule overriding the card's (``predict --unknown-threshold``).
+        tta: a test-time augmentation overriding the card's (``eval --tta``, ``predict --tta``).
     """
 
-    def __init__(self, card: ModelCard, backend, source: str | Path | None = None, unknown: UnknownRule | None = None):
+    def __init__(self, card: ModelCard, backend, source: str | Path | None = None, unknown: UnknownRule | None = None,
+                 tta: str | None = None):
         self.card = card
         self.backend = backend
+        self.tta = card.tta if tta is None else tta
+        # What runs the images: the backend, or the mean of its logits over the TTA views.
+        self.runner = TtaBackend(backend, self.tta) if self.tta != "none" else backend
         self.source = Path(source) if source is not None else None
         self.classes: list[str] = list(card.classes)
         self.preprocessing = card.image_preprocessing()
@@ -76,7 +82,11 @@ class Classifier:
         return Classifier(card, self.backend, self.source)
 
     def with_unknown_rule(self, rule: UnknownRule) -> "Classifier":
-        return Classifier(self.card, self.backend, self.source, unknown=rule)
+        return Classifier(self.card, self.backend, self.source, unknown=rule, tta=self.tta)
+
+    def with_tta(self, mode: str) -> "Classifier":
+        """The same model with test-time augmentation ``mode`` (``none`` turns it off)."""
+        return Classifier(self.card, self.backend, self.source, unknown=self.unknown, tta=mode)
 
     # -- batches already preprocessed -------------------------------------------------
 
@@ -85,7 +95,7 @@ class Classifier:
         the server batches (probabilities and the open-set score both come from them)."""
         images = batch.to(self.device).contiguous(memory_format=self.backend.memory_format)
         with torch.no_grad():
-            return (infer(self.backend, images).float() / self.temperature).cpu().numpy()
+            return (infer(self.runner, images).float() / self.temperature).cpu().numpy()
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """Class probabilities (n, C) of a preprocessed batch (n, 3, H, W)."""
@@ -108,7 +118,7 @@ class Classifier:
     def run_loader(self, loader, temperature: float | None = None, desc: str = "eval") -> Predictions:
         """:func:`~imgcls.inference.predictions.predict_loader` with this model's backend."""
         temperature = self.temperature if temperature is None else temperature
-        return predict_loader(self.backend, loader, self.device, temperature=temperature, desc=desc,
+        return predict_loader(self.runner, loader, self.device, temperature=temperature, desc=desc,
                               memory_format=self.backend.memory_format)
 
     def predict(self, images, topk: int = 3, batch_size: int = 32, workers: int | None = 0) -> list[dict]:

@@ -125,8 +125,9 @@ def head_fit(trainer, features: FeatureSet) -> float:
 
 
 @torch.no_grad()
-def predict_val(trainer, features: FeatureSet) -> Predictions:
-    head = trainer.model.head
+def predict_val(trainer, features: FeatureSet, head: nn.Module | None = None) -> Predictions:
+    """Val predictions of ``head`` (default: the model's) on the cached val features."""
+    head = head if head is not None else trainer.model.head
     head.eval()
     logits = head(features.val.to(trainer.device)).float()
     targets = features.val_targets.to(trainer.device)

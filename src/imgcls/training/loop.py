@@ -11,12 +11,15 @@ DDP); ``--batch-size`` stays the global batch, and only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from imgcls.config import RunConfig
@@ -38,7 +41,10 @@ from imgcls.runtime import (amp_dtype, autocast, configure_cuda, configure_loggi
 from imgcls.training import distributed
 from imgcls.training.callbacks import Monitor
 from imgcls.training.distributed import DistContext
+from imgcls.training.budget import (INFERENCE_SPEEDUP, Budget, PhasePlan, evaluation_reserve, measure_step_seconds,
+                                    phase_epochs)
 from imgcls.training.features import FeatureSet, extract_feature_set, head_fit, predict_val, train_head_epoch
+from imgcls.training.lr_finder import RangeTest, make_step, range_test
 from imgcls.training.logs import BadFileLog, MetricsLog
 from imgcls.training.losses import build_criterion
 from imgcls.training.mixing import build_mixer
@@ -83,12 +89,19 @@ class Trainer:
     head_fit: float | None = None  # the head's clean train top-1 after the head phase (--finetune auto)
     mixer: Callable | None = None  # MixUp/CutMix: (images, targets) -> (mixed images, soft targets)
     schedule: list[int] = field(default_factory=list)  # epochs of each LR segment (optim.plan_schedule)
+    ema: ModelEmaV3 | None = None  # --ema: the averaged weights that validation and best.safetensors use
+    budget: Budget | None = None  # --time-limit: plans each phase's epochs from the measured step time
     step: int = 0
     stop_requested: bool = False
 
     @property
     def memory_format(self) -> torch.memory_format:
         return memory_format_for(self.device, self.config.train.channels_last)
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights that are validated and saved as the best: the EMA when it is on."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 EpochCallback = Callable[[Trainer, dict], None]
@@ -108,8 +121,13 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
     data = _discover(config)
     if resumed is not None:
         check_same_classes(resumed.card.classes, data.classes, config.data.path or "the run's dataset")
+    auto_lr = config.train.lr == "auto"
+    if auto_lr:
+        config.train.lr = DEFAULT_LR  # a stand-in until the range test has run on the built model
     run_dir = _open(config, resumed, ctx)
     trainer = _build(config, data, run_dir, resumed, ctx, cuda_device)
+    if auto_lr:
+        _auto_lr(trainer, run_dir)
     monitor = Monitor(config.train.monitor, config.train.early_stopping)
     metrics_log = MetricsLog(run_dir) if ctx.is_main else None
     start_epoch, history, phase, best_val = 0, [], None, None
@@ -119,13 +137,17 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
             metrics_log.truncate(start_epoch)
         log.info("resumed %s after epoch %d of %d", run_dir, start_epoch, config.train.epochs)
 
-    for epoch in range(start_epoch, config.train.epochs):
+    epoch = start_epoch - 1
+    while (epoch := epoch + 1) < config.train.epochs:  # --time-limit may re-plan the epochs
         if epoch == head_epochs(config) > 0 and (reason := _skip_finetune(trainer, history)):
             log.info("no fine-tuning: %s", reason)
             break
         phase, previous = _set_phase(trainer, epoch), phase
         if phase != previous:
             _wrap(trainer)  # DDP must know which parameters train in this phase
+            if trainer.budget is not None and (reason := _plan_phase(trainer, epoch, phase, run_dir)):
+                log.info("no fine-tuning: %s", reason)
+                break
         seed_everything(config.train.seed * 1000 + epoch)
         started = time.perf_counter()
         train_stats, val = _run_epoch(trainer, epoch)
@@ -155,6 +177,149 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
                        best_val=best_val, val_paths=[s.path for s in trainer.data.splits.get("val", [])])
 
 
+def _plan_phase(trainer: Trainer, epoch: int, phase: str, run_dir: Path) -> str | None:
+    """``--time-limit``: give this phase as many epochs as fit in the budget, from a measured
+    step (see :mod:`imgcls.training.budget`); returns why the run stops when none fit."""
+    cfg = trainer.config.train
+    if phase == "head" and _features_apply(trainer):
+        return None  # head epochs on cached features cost milliseconds; the extraction is paid once
+    loader = trainer.loaders["train"]
+    seconds = _measure_step(trainer)
+    per_image = seconds / loader.batch_size / INFERENCE_SPEEDUP
+    epoch_s = len(loader) * seconds + len(trainer.loaders["val"].dataset) * per_image
+    evaluated = sum(len(trainer.data.splits.get(split, [])) for split in ("val", "test"))
+    reserve = evaluation_reserve(seconds, loader.batch_size, evaluated)
+    asked = cfg.epochs - epoch
+    remaining = trainer.budget.remaining_s
+    planned = phase_epochs(remaining, epoch_s, reserve, asked, at_least=0 if epoch > 0 else 1)
+    trainer.budget.plans.append(PhasePlan(phase, seconds, len(loader), epoch_s, remaining, reserve, asked, planned))
+    log.info("time budget: %.0f s left; a %s epoch takes ~%.0f s (%d steps x %.2f s + val), %.0f s kept for the "
+             "evaluation: %d epoch(s) planned (of %d)", remaining, phase, epoch_s, len(loader), seconds, reserve,
+             planned, asked)
+    if trainer.ctx.is_main:
+        (run_dir / "budget.json").write_text(json.dumps(trainer.budget.to_dict(), indent=2) + "\n")
+    if planned == 0:
+        return f"the time budget leaves no room for an epoch of {phase} (~{epoch_s:.0f} s; {remaining:.0f} s left)"
+    if planned != asked:
+        cfg.epochs = epoch + planned
+        _replan_schedule(trainer)
+        if trainer.ctx.is_main:
+            trainer.config.save(run_dir / "config.yaml")  # the epochs that are applied
+    return None
+
+
+def _measure_step(trainer: Trainer) -> float:
+    """Seconds of one training step of the current phase, on a real batch (see budget.py)."""
+    batch = DeviceLoader([], trainer.device, trainer.memory_format).finish(next(iter(trainer.loaders["train"])))
+    levels = getattr(trainer.criterion, "wants_levels", False)
+
+    def forward(net, images):
+        out = net(images, levels=True) if levels else net(images)
+        return out[-1] if isinstance(out, tuple) else out
+
+    return measure_step_seconds(trainer.model, nn.functional.cross_entropy, batch.images, batch.targets,
+                                trainer.device, trainer.amp, forward)
+
+
+def _replan_schedule(trainer: Trainer) -> None:
+    """Rebuild the LR schedule over ``config.train.epochs``, continuing at the current update."""
+    cfg = trainer.config.train
+    trainer.schedule = plan_schedule(cfg, head_epochs(trainer.config))
+    trainer.scheduler = create_scheduler(trainer.optimizer, cfg, len(trainer.loaders["train"]) // cfg.accumulate,
+                                         trainer.schedule)
+    if trainer.scheduler is not None and cfg.scheduler != "plateau":
+        trainer.scheduler.step_update(trainer.step)
+
+
+def _auto_lr(trainer: Trainer, run_dir: Path) -> None:
+    """``--lr auto``: the range test's suggestion becomes the head's rate (and the backbone's
+    default share of it); the test is written to ``lr_find.json``."""
+    test = run_range_test(trainer, "head" if head_epochs(trainer.config) > 0 else "finetune")
+    trainer.config.train.lr = test.suggestion
+    trainer.optimizer = create_optimizer(trainer.model, trainer.config.train,
+                                         from_scratch=not starts_pretrained(trainer.config.model))
+    _replan_schedule(trainer)
+    if trainer.ctx.is_main:
+        (run_dir / LR_FIND_FILE).write_text(json.dumps({**test.to_dict(), "applied": True}, indent=2) + "\n")
+        trainer.config.save(run_dir / "config.yaml")  # the rate that is applied
+    log.info("--lr auto: %.3g (%s; range test on the %s phase: %s)", test.suggestion, test.rule, test.phase,
+             test.stopped)
+
+
+LR_FIND_FILE = "lr_find.json"
+
+
+def run_range_test(trainer: Trainer, phase: str, steps: int | None = None) -> RangeTest:
+    """The LR range test (:mod:`imgcls.training.lr_finder`) on the built trainer: on cached
+    features for the head phase (cheap: 100 steps), on image batches for fine-tuning (30
+    steps by default). The model's weights and statistics are restored afterwards."""
+    cfg = trainer.config.train
+    saved = copy.deepcopy(trainer.model.state_dict())
+    optimizer = create_optimizer(trainer.model, cfg, from_scratch=not starts_pretrained(trainer.config.model))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if phase == "head":
+        apply_freeze(trainer.model, "backbone")
+        _ensure_features(trainer)
+        compute, steps = _feature_loss(trainer, generator), steps or 100
+        start, end = 1e-6, 10.0
+    else:
+        apply_freeze(trainer.model, trainer.config.model.freeze)
+        compute, steps = _image_loss(trainer), steps or 30
+        start, end = 1e-6, 1.0
+    try:
+        return range_test(make_step(optimizer, compute), start, end, steps, phase=phase)
+    finally:
+        trainer.model.load_state_dict(saved)
+        trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def _feature_loss(trainer: Trainer, generator: torch.Generator) -> Callable[[], torch.Tensor]:
+    features, head = trainer.features, trainer.model.head
+    usable = (features.train_targets >= 0).nonzero().flatten()
+    batch = trainer.loaders["train"].batch_size
+    head.train()
+
+    def compute() -> torch.Tensor:
+        index = usable[torch.randint(len(usable), (batch,), generator=generator)]
+        x, y = features.train[0, index].to(trainer.device), features.train_targets[index].to(trainer.device)
+        return nn.functional.cross_entropy(head(x), y)
+
+    return compute
+
+
+def _image_loss(trainer: Trainer) -> Callable[[], torch.Tensor]:
+    batches = DeviceLoader(trainer.loaders["train"], trainer.device, trainer.memory_format)
+    stream = iter(())
+    train_mode(trainer.model, backbone_bn_eval=trainer.config.train.bn_eval and starts_pretrained(trainer.config.model))
+
+    def compute() -> torch.Tensor:
+        nonlocal stream
+        batch = next(stream, None)
+        while batch is None or len(batch) < 2:
+            stream = iter(batches)
+            batch = next(stream, None)
+        with autocast(trainer.device, trainer.amp):
+            out = trainer.model(batch.images)
+        return nn.functional.cross_entropy(out.float(), batch.targets)
+
+    return compute
+
+
+def find_lr(config: RunConfig, phase: str = "auto", steps: int | None = None) -> tuple[RangeTest, Path]:
+    """``imgcls lr-find``: build the run ``config`` describes (in a folder of its own) and run
+    the range test for ``phase`` (head | finetune | auto: head when the run has a head
+    phase); writes ``lr_find.json`` there and returns the test and the folder."""
+    data = _discover(config)
+    config.name = config.name or f"lr-find-{config.model.name.replace(':', '-').replace('/', '-')}"
+    run_dir = _open(config, None, DistContext())
+    trainer = _build(config, data, run_dir, None, DistContext(), None)
+    if phase == "auto":
+        phase = "head" if head_epochs(config) > 0 else "finetune"
+    test = run_range_test(trainer, phase, steps)
+    (run_dir / LR_FIND_FILE).write_text(json.dumps({**test.to_dict(), "applied": False}, indent=2) + "\n")
+    return test, run_dir
+
+
 def _discover(config: RunConfig) -> DatasetSplits:
     """The run's splits, with the hierarchy resolved into ``config.data.hierarchy_map``."""
     data = discover_run(config.data)
@@ -165,15 +330,20 @@ def _discover(config: RunConfig) -> DatasetSplits:
 def _run_epoch(trainer: Trainer, epoch: int) -> tuple[dict, Predictions]:
     """Train one epoch and validate; on cached backbone features while the backbone is frozen."""
     if _features_apply(trainer):
-        if trainer.features is None:
-            clean = _clean_train_dataset(trainer) if trainer.config.train.feature_views == 1 else None
-            trainer.features = extract_feature_set(trainer, trainer.config.train.feature_views, clean)
-            trainer.bad_files.add(trainer.features.bad)
+        _ensure_features(trainer)
         stats = train_head_epoch(trainer, trainer.features, epoch, _optimizer_step)
         trainer.head_fit = head_fit(trainer, trainer.features)
-        return stats, predict_val(trainer, trainer.features)
+        return stats, predict_val(trainer, trainer.features, trainer.evaluated.head)
     trainer.features = None  # stale as soon as the backbone trains
     return train_one_epoch(trainer, epoch), _predict(trainer, "val")
+
+
+def _ensure_features(trainer: Trainer) -> None:
+    """Compute the cached backbone features once (the backbone is frozen)."""
+    if trainer.features is None:
+        clean = _clean_train_dataset(trainer) if trainer.config.train.feature_views == 1 else None
+        trainer.features = extract_feature_set(trainer, trainer.config.train.feature_views, clean)
+        trainer.bad_files.add(trainer.features.bad)
 
 
 def _features_apply(trainer: Trainer) -> bool:
@@ -272,12 +442,14 @@ def _optimizer_step(trainer: Trainer) -> None:
     trainer.scaler.update()
     trainer.optimizer.zero_grad(set_to_none=True)
     trainer.step += 1
+    if trainer.ema is not None:
+        trainer.ema.update(trainer.model, step=trainer.step)
     if trainer.scheduler is not None and cfg.scheduler != "plateau":
         trainer.scheduler.step_update(trainer.step)
 
 
 def _predict(trainer: Trainer, split: str) -> Predictions:
-    local = predict_loader(trainer.model, trainer.loaders[split], trainer.device, trainer.amp, desc=split,
+    local = predict_loader(trainer.evaluated, trainer.loaders[split], trainer.device, trainer.amp, desc=split,
                            memory_format=trainer.memory_format)
     predictions = distributed.gather_predictions(trainer.ctx, local)
     trainer.bad_files.add(predictions.bad)
@@ -296,7 +468,7 @@ def _wrap(trainer: Trainer) -> None:
     trainer.net = net
 
 
-FINETUNE_CHOICES = ("auto", "always", "never")
+DEFAULT_LR = 1e-3
 DEFAULT_HEAD_EPOCHS = 8  # on cached features, eight head epochs cost about as much as one image pass
 
 
@@ -374,15 +546,16 @@ def _save(trainer: Trainer, monitor: Monitor, history: list[dict], run_dir: Path
     card = ModelCard(classes=list(trainer.data.classes), preprocessing=trainer.preprocessing.to_dict(),
                      config=trainer.config.to_dict(), hierarchy=trainer.config.data.hierarchy_map, epoch=epoch,
                      phase=phase, monitor=monitor.state_dict(), head_fit=trainer.head_fit)
-    weights = trainer.model.state_dict()
-    artifact.save_model(run_dir / artifact.LAST, weights, card)
+    artifact.save_model(run_dir / artifact.LAST, trainer.model.state_dict(), card)
     save_state(run_dir / STATE_FILE, TrainState(
         epoch=epoch, step=trainer.step, optimizer=trainer.optimizer.state_dict(),
         scheduler=trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
         scaler=trainer.scaler.state_dict(), schedule=trainer.schedule, monitor=monitor.state_dict(),
-        history=history, head_fit=trainer.head_fit))
-    if improved:
-        artifact.save_model(run_dir / artifact.BEST, weights, card)
+        history=history, head_fit=trainer.head_fit,
+        ema=trainer.ema.module.state_dict() if trainer.ema is not None else None))
+    if improved:  # the validated weights: the EMA's when it is on
+        artifact.save_model(run_dir / artifact.BEST, trainer.evaluated.state_dict(),
+                            card.replace(ema=trainer.ema is not None))
 
 
 def _restore(trainer: Trainer, monitor: Monitor, resumed: ResumePoint) -> tuple[int, list[dict]]:
@@ -394,6 +567,8 @@ def _restore(trainer: Trainer, monitor: Monitor, resumed: ResumePoint) -> tuple[
     trainer.scaler.load_state_dict(state.scaler)
     trainer.step = state.step
     trainer.head_fit = state.head_fit
+    if trainer.ema is not None and state.ema is not None:
+        trainer.ema.module.load_state_dict(state.ema)
     monitor.load_state_dict(state.monitor)
     monitor.patience = trainer.config.train.early_stopping
     return state.epoch, list(state.history)
@@ -433,6 +608,8 @@ def _build(config: RunConfig, data: DatasetSplits, run_dir: Path, resumed: Resum
         log.info("resume: epochs %d-%d are added: a new %s segment over them from the base learning rates",
                  sum(resumed.state.schedule) + 1, config.train.epochs, config.train.scheduler)
     _describe(config, data, model, device, run_dir, ctx)
+    ema = ModelEmaV3(model, decay=config.train.ema_decay, use_warmup=True) if config.train.ema else None
+    budget = Budget(config.train.time_limit * 60) if config.train.time_limit else None
     return Trainer(
         config=config,
         data=data,
@@ -450,6 +627,8 @@ def _build(config: RunConfig, data: DatasetSplits, run_dir: Path, resumed: Resum
         bad_files=BadFileLog(run_dir / "bad_files.csv" if ctx.is_main else None),
         ctx=ctx,
         schedule=schedule,
+        ema=ema,
+        budget=budget,
     )
 
 

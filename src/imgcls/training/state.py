@@ -41,6 +41,7 @@ class TrainState:
     monitor: dict
     history: list[dict] = field(default_factory=list)
     head_fit: float | None = None
+    ema: dict | None = None  # --ema: the averaged weights (a state dict)
 
 
 def save_state(path: str | Path, state: TrainState) -> Path:
@@ -59,6 +60,7 @@ def save_state(path: str | Path, state: TrainState) -> Path:
         "monitor": json.dumps(state.monitor, default=float),
         "history": json.dumps(state.history, default=float),
         "head_fit": None if state.head_fit is None else float(state.head_fit),
+        "ema": state.ema,
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(content, tmp)
@@ -80,4 +82,4 @@ def load_state(path: str | Path) -> TrainState:
     return TrainState(epoch=content["epoch"], step=content["step"], optimizer=content["optimizer"],
                       scheduler=content["scheduler"], scaler=content["scaler"], schedule=list(content["schedule"]),
                       monitor=json.loads(content["monitor"]), history=json.loads(content["history"]),
-                      head_fit=content["head_fit"])
+                      head_fit=content["head_fit"], ema=content.get("ema"))
