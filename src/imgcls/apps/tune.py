@@ -1,0 +1,210 @@
+"""``imgcls tune DATA --trials N``: hyperparameter search with Optuna.
+
+Optuna's TPE sampler proposes each trial's settings from :data:`DEFAULT_SPACE` (or a YAML
+file with the same structure), the median pruner stops trials whose monitored val metric
+falls below the median of earlier trials at the same epoch, and every trial is an ordinary
+run (``<study>/trial-NNN/``) that the leaderboard lists. The study lives in Optuna's own
+SQLite storage (``<study>/study.db``): a search that was interrupted continues where it
+stopped, and the trial that was running when it stopped is run again with its settings.
+The best trial's configuration is written as ``<study>/best.yaml``, a recipe that
+``imgcls train DATA --recipe <study>/best.yaml`` accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import yaml
+
+from imgcls import api
+from imgcls.config import ConfigError, RunConfig
+from imgcls.runtime import log
+
+try:  # optional: only `imgcls tune` needs it
+    import optuna
+    from optuna.trial import TrialState
+except ImportError:  # pragma: no cover - exercised only where the extra is missing
+    optuna = None
+
+STUDY_FILE = "study.db"
+BEST_RECIPE = "best.yaml"
+
+# Each entry: a config key and how to sample it. "float": uniform (or log-uniform) in
+# [low, high]; "categorical": one of choices. Image size is given relative to the run's
+# own size ("scale"), so the same space works at 64 px and at 224 px.
+DEFAULT_SPACE: dict[str, dict] = {
+    "train.lr": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+    "train.backbone_lr": {"type": "float", "low": 1e-5, "high": 3e-3, "log": True},
+    "train.weight_decay": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
+    "train.label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
+    "train.mixup": {"type": "categorical", "choices": [0.0, 0.2, 0.4]},
+    "model.head": {"type": "categorical", "choices": ["linear", "mlp:512"]},
+    "model.freeze": {"type": "categorical", "choices": ["none", "half", "all-but-last:2"]},
+    "data.augment": {"type": "categorical", "choices": ["default", "color", "randaugment", "trivialaugment"]},
+    "data.image_size": {"type": "scale", "choices": [0.75, 1.0]},
+}
+
+
+@dataclass
+class TuneResult:
+    folder: Path
+    best_value: float
+    best_params: dict
+    best_recipe: Path
+    trials: int  # finished trials in the study (complete or pruned)
+
+
+def _require_optuna():
+    if optuna is None:
+        raise ConfigError("imgcls tune needs Optuna: pip install 'imgcls[tune]'")
+
+
+def load_space(path: str | Path | None) -> dict[str, dict]:
+    """The search space: ``DEFAULT_SPACE``, or a YAML mapping of config keys to
+    ``{type, low, high, log}`` / ``{type: categorical, choices}`` entries that replaces it."""
+    if path is None:
+        return dict(DEFAULT_SPACE)
+    try:
+        space = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"--space {path}: cannot read ({err})") from None
+    if not isinstance(space, dict) or not all(isinstance(v, dict) and "type" in v for v in space.values()):
+        raise ConfigError(f"--space {path}: expected a mapping of config keys to {{type: ..., ...}} entries")
+    check_space(space)
+    return space
+
+
+def check_space(space: dict[str, dict]) -> None:
+    """Every key a config option and every bound a valid value of it, before any trial runs."""
+    for key, spec in space.items():
+        kind = spec.get("type")
+        if kind in ("float", "int"):
+            values = [spec.get("low"), spec.get("high")]
+        elif kind == "categorical":
+            values = list(spec.get("choices") or [None])
+        elif kind == "scale" and key == "data.image_size":
+            continue
+        else:
+            raise ConfigError(f"search space: {key}: unknown type {kind!r} (float, int, categorical, scale)")
+        for value in values:
+            RunConfig().with_overrides({key: value})
+
+
+def sample(trial, space: dict[str, dict], base: RunConfig) -> dict:
+    """Config overrides for one trial (dotted keys), drawn from ``space``."""
+    overrides = {}
+    for key, spec in space.items():
+        kind = spec["type"]
+        if kind == "float":
+            overrides[key] = trial.suggest_float(key, spec["low"], spec["high"], log=spec.get("log", False))
+        elif kind == "int":
+            overrides[key] = trial.suggest_int(key, spec["low"], spec["high"], log=spec.get("log", False))
+        elif kind == "categorical":
+            overrides[key] = trial.suggest_categorical(key, spec["choices"])
+        elif kind == "scale" and key == "data.image_size":
+            factor = trial.suggest_categorical(key, spec["choices"])
+            overrides[key] = max(16, int(round(_base_size(base) * factor / 8)) * 8)
+        else:
+            raise ConfigError(f"search space: {key}: unknown type {kind!r} (float, int, categorical, scale)")
+    return overrides
+
+
+def _base_size(base: RunConfig) -> int:
+    """The run's image size: its own, else the backbone's pretrained one (timm's config)."""
+    if base.data.image_size:
+        return base.data.image_size
+    try:
+        return int(timm.get_pretrained_cfg(base.model.name).input_size[-1])
+    except (AttributeError, RuntimeError, ValueError):  # not a timm name (cnn:...) or no pretrained config
+        return 224
+
+
+def tune(base: RunConfig, trials: int, space: dict[str, dict] | None = None, time_limit: float | None = None,
+         name: str | None = None) -> TuneResult:
+    """Run (or continue) the study in ``<out_dir>/<name>`` until it holds ``trials``
+    finished trials or ``time_limit`` minutes have passed; returns the best trial."""
+    _require_optuna()
+    space = space or dict(DEFAULT_SPACE)
+    check_space(space)
+    folder = Path(base.out_dir) / (name or base.name or f"tune-{base.model.name.replace(':', '-')}")
+    folder.mkdir(parents=True, exist_ok=True)
+    maximize = "loss" not in base.train.monitor
+    study = optuna.create_study(
+        study_name=folder.name, storage=f"sqlite:///{folder / STUDY_FILE}", load_if_exists=True,
+        direction="maximize" if maximize else "minimize",
+        sampler=optuna.samplers.TPESampler(seed=base.train.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+    _retry_interrupted(study)
+    remaining = trials - len(_finished(study))
+    log.info("tune: %s holds %d finished trial(s); %d to run", folder / STUDY_FILE, trials - remaining,
+             max(remaining, 0))
+    if remaining > 0:
+        objective = _objective(base, space, folder)
+        study.optimize(objective, n_trials=remaining, timeout=time_limit * 60 if time_limit else None,
+                       catch=(ConfigError,))
+    return _finish(study, base, space, folder)
+
+
+def _finished(study) -> list:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def _retry_interrupted(study) -> None:
+    """A trial left running by an interrupted search failed; its settings run again next."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number + 1})
+        log.info("tune: trial %d was interrupted; its settings run again", trial.number + 1)
+
+
+def _objective(base: RunConfig, space: dict, folder: Path):
+    monitor = base.train.monitor
+
+    def objective(trial) -> float:
+        overrides = sample(trial, space, base)
+        config = base.with_overrides({**overrides, "name": f"trial-{trial.number + 1:03d}", "out_dir": str(folder)})
+        pruned: list[int] = []
+
+        def report(trainer, row) -> None:
+            value = row.get(monitor)
+            if value is None or not math.isfinite(value):
+                return
+            trial.report(value, step=row["epoch"])
+            if trial.should_prune():
+                pruned.append(row["epoch"])
+                trainer.stop_requested = True
+
+        started = time.perf_counter()
+        result = api.train(config=config, evaluate=False, callbacks=[report])
+        values = [row[monitor] for row in result.history if math.isfinite(row.get(monitor, float("nan")))]
+        trial.set_user_attr("run", str(result.run_dir))
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        if pruned:
+            raise optuna.TrialPruned(f"pruned after epoch {pruned[0]}")
+        if not values:
+            raise optuna.TrialPruned("no finite value of the monitored metric")
+        return max(values) if "loss" not in monitor else min(values)
+
+    return objective
+
+
+def _finish(study, base: RunConfig, space: dict, folder: Path) -> TuneResult:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise ConfigError(f"{folder}: no trial finished, so there is no best configuration yet")
+    best = study.best_trial
+    overrides = sample(optuna.trial.FixedTrial(best.params), space, base)
+    recipe = base.with_overrides({**overrides, "name": None, "out_dir": base.out_dir})
+    recipe.save(folder / BEST_RECIPE)
+    (folder / "tune.json").write_text(json.dumps({
+        "best_trial": best.number + 1, "best_value": best.value, "monitor": base.train.monitor,
+        "best_params": best.params, "best_run": best.user_attrs.get("run"),
+        "trials": [{"trial": t.number + 1, "state": t.state.name, "value": t.value, "params": t.params,
+                    "run": t.user_attrs.get("run")} for t in study.get_trials(deepcopy=False)],
+    }, indent=2, default=str) + "\n")
+    return TuneResult(folder, best.value, best.params, folder / BEST_RECIPE, len(_finished(study)))

@@ -1,0 +1,92 @@
+"""k-fold cross-validation and the Optuna hyperparameter search."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import FAST, make_class_folders
+
+import imgcls
+from imgcls.cli import main
+from imgcls.apps.cv import assign_folds, cross_validate, read_oof_probabilities
+from imgcls.apps.tune import DEFAULT_SPACE, check_space, tune
+from imgcls.config import ConfigError, RunConfig
+from imgcls.data.sources import DatasetError, Sample
+from imgcls.evaluation.leaderboard import leaderboard
+
+optuna = pytest.importorskip("optuna")
+
+
+def _samples(counts: dict[str, int]) -> list[Sample]:
+    return [Sample(Path(f"{label}/{i}.jpg"), label) for label, n in counts.items() for i in range(n)]
+
+
+def test_folds_are_stratified_and_reproducible():
+    samples = _samples({"a": 20, "b": 10, "c": 7})
+    folds = assign_folds(samples, 5, seed=0)
+    assert sorted(Counter(folds)) == [0, 1, 2, 3, 4]
+    for label, n in {"a": 20, "b": 10, "c": 7}.items():
+        per_fold = Counter(f for f, s in zip(folds, samples) if s.label == label)
+        assert max(per_fold.values()) - min(per_fold.get(k, 0) for k in range(5)) <= 1, label
+        assert sum(per_fold.values()) == n
+    assert assign_folds(samples, 5, seed=0) == folds
+    assert assign_folds(samples, 5, seed=1) != folds
+    with pytest.raises(DatasetError, match=r"classes \['c'\] have fewer images than folds"):
+        assign_folds(samples, 8, seed=0)
+
+
+def test_cross_validation_trains_every_fold_and_predicts_every_image_once(tmp_path):
+    data = make_class_folders(tmp_path / "flat", per_class=9)
+    config = imgcls.make_config(data, out_dir=str(tmp_path / "runs"), name="cv", **dict(FAST, epochs=1, report=False))
+    result = cross_validate(config, folds=3)
+    with open(result.folder / "folds.csv", newline="") as handle:
+        folds = list(csv.DictReader(handle))
+    assert len(folds) == 27 and Counter(r["fold"] for r in folds) == {"1": 9, "2": 9, "3": 9}
+    paths, truth, classes, probs = read_oof_probabilities(result.folder)
+    assert sorted(str(p.resolve()) for p in paths) == sorted(r["path"] for r in folds)  # each image once
+    assert classes == ["blue", "green", "red"] and probs.shape == (27, 3)
+    summary = json.loads((result.folder / "cv.json").read_text())
+    top1 = [fold["val"]["top1"] for fold in summary["per_fold"]]
+    assert summary["mean_std"]["val"]["top1"]["mean"] == pytest.approx(statistics.fmean(top1))
+    assert summary["mean_std"]["val"]["top1"]["std"] == pytest.approx(statistics.stdev(top1))
+    assert summary["out_of_fold"]["n"] == 27
+    assert "fold-1" in (result.folder / "cv.html").read_text()
+    names = {row["name"] for row in leaderboard(tmp_path / "runs")}
+    assert {"fold-1", "fold-2", "fold-3"} <= names
+
+
+def test_search_space_is_checked_before_any_trial():
+    check_space(DEFAULT_SPACE)
+    with pytest.raises(ConfigError, match="--optimizer"):
+        check_space({"train.optimizer": {"type": "categorical", "choices": ["adamw", "adamm"]}})
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \[.speed.\]"):
+        check_space({"train.speed": {"type": "float", "low": 0, "high": 1}})
+
+
+def test_study_resumes_and_writes_a_recipe(tmp_path):
+    data = make_class_folders(tmp_path / "flat", per_class=6)
+    base = imgcls.make_config(data, out_dir=str(tmp_path / "runs"), **dict(FAST, epochs=1, report=False))
+    space = {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+             "model.head": {"type": "categorical", "choices": ["linear", "mlp:16"]}}
+    first = tune(base, trials=2, space=space, name="study")
+    assert first.trials == 2
+    # An interrupted search: a trial was asked for and never finished.
+    study = optuna.load_study(study_name="study", storage=f"sqlite:///{first.folder / 'study.db'}")
+    interrupted = study.ask({"train.lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True),
+                             "model.head": optuna.distributions.CategoricalDistribution(["linear", "mlp:16"])})
+    again = tune(base, trials=3, space=space, name="study")
+    assert again.trials == 3
+    trials = optuna.load_study(study_name="study", storage=f"sqlite:///{first.folder / 'study.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[3].params == interrupted.params  # the interrupted settings ran again
+    runs = {row["name"] for row in leaderboard(first.folder)}
+    assert {"trial-001", "trial-002", "trial-004"} <= runs
+    recipe = RunConfig.load(again.best_recipe)
+    assert recipe.train.lr == pytest.approx(again.best_params["train.lr"])
+    assert main(["train", str(data), "--recipe", str(again.best_recipe), "--epochs", "1",
+                            "--out-dir", str(tmp_path / "again"), "--no-report"]) == 0
