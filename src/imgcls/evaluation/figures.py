@@ -96,6 +96,23 @@ def training_curves(history: list[dict], best_epoch: int | None = None) -> list[
     return figures
 
 
+def lr_range_test(test: dict) -> str:
+    """The LR range test (``lr_find.json``): loss and smoothed loss against the rate on a log
+    axis, the suggestion marked."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    ax.plot(test["lrs"], test["losses"], color=GREY, lw=0.8, alpha=0.6, label="loss")
+    ax.plot(test["lrs"], test["smoothed"], color=BLUE, lw=1.8, label="smoothed")
+    ax.axvline(test["suggestion"], color=GREEN, ls=":", lw=1.4, label=f"suggested {test['suggestion']:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    low, high = min(test["smoothed"]), max(test["smoothed"])
+    ax.set_ylim(low - 0.05 * (high - low + 1e-9), min(high, low + 3 * (test["smoothed"][0] - low + 1e-9)))
+    ax.set_title(f"LR range test ({test.get('phase', 'head')} phase)", loc="left", fontsize=11, fontweight="bold")
+    ax.legend(frameon=False, fontsize=8)
+    return figure_uri(fig)
+
+
 # --------------------------------------------------------------------------
 # Confusion matrix
 # --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ def write_report(classifier: Classifier, evaluation: Evaluation, out_path: str |
         "summary": _summary(classifier, metrics, history, evaluation.data, counts),
         "config_yaml": yaml.safe_dump(card.config, sort_keys=False),
         "curves": figures.training_curves(history, _best_epoch(card)),
+        "training_extras": _training_extras(classifier),
         "metric_rows": _metric_rows(metrics),
         "per_class": _per_class_rows(metrics, counts),
         "best_worst": _best_worst(metrics),
@@ -75,6 +77,22 @@ def write_report(classifier: Classifier, evaluation: Evaluation, out_path: str |
     out_path.write_text(render(context), encoding="utf-8")
     log.info("report: %s", out_path)
     return out_path
+
+
+def _training_extras(classifier: Classifier) -> dict[str, Any]:
+    """What the run planned for itself: the LR range test and the time budget, when used."""
+    extras: dict[str, Any] = {"lr_plot": None, "lr_test": None, "budget": None}
+    run_dir = classifier.run_dir
+    if run_dir is None:
+        return extras
+    for name, key in (("lr_find.json", "lr_test"), ("budget.json", "budget")):
+        try:
+            extras[key] = json.loads((run_dir / name).read_text()) if (run_dir / name).is_file() else None
+        except (OSError, json.JSONDecodeError) as err:
+            log.warning("report: %s unreadable (%s)", run_dir / name, err)
+    if extras["lr_test"] and extras["lr_test"].get("lrs"):
+        extras["lr_plot"] = figures.lr_range_test(extras["lr_test"])
+    return extras
 
 
 def _training_state(classifier: Classifier) -> TrainState | None:
@@ -169,6 +187,8 @@ def _summary(classifier: Classifier, metrics: dict, history: list[dict],
         ("training", f"{_epochs_summary(history, config)}, "
                      f"{config.train.optimizer} lr {config.train.lr:g}, batch {config.data.batch_size}, "
                      f"freeze {config.model.freeze}"),
+        ("EMA / TTA", f"{'EMA of the weights (decay ' + format(config.train.ema_decay, 'g') + ')' if card.ema else 'no EMA'}"
+                      f"; {'test-time augmentation: ' + classifier.tta if classifier.tta != 'none' else 'no TTA'}"),
         ("best checkpoint", f"epoch {monitor.get('best_epoch', card.epoch)}, "
                             f"{monitor.get('metric', config.train.monitor)} = "
                             f"{_fmt(monitor.get('best'))}"),
@@ -220,7 +240,17 @@ def _metric_rows(m: dict) -> list[tuple[str, str, str]]:
         ("MCC", f(m["mcc"]), "Matthews correlation; 1 perfect, 0 chance"),
         ("ECE (15 bins)", f(m["ece"]), "expected calibration error of the top-1 probability"),
         ("images", str(m["n"]), f"{len(m.get('skipped', []))} unreadable file(s) skipped"),
-    ]
+    ] + _tta_rows(m)
+
+
+def _tta_rows(m: dict) -> list[tuple[str, str, str]]:
+    """The same model without test-time augmentation, when the figures above use it."""
+    plain = m.get("without_tta")
+    if not plain:
+        return []
+    return [(f"without TTA ({m['tta']} above): top-1 / log loss / ECE",
+             f"{plain['top1']:.4f} / {plain['log_loss']:.4f} / {plain['ece']:.4f}",
+             "the same weights on the plain centre crop")]
 
 
 def _per_class_rows(metrics: dict, counts: dict | None) -> list[dict[str, Any]]:
