@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.data.images import ImageDecodeError, is_image_file, load_rgb
+from imgcls.data.images import IMAGE_EXTENSIONS, ImageDecodeError, is_image_file, load_rgb, sniff_format
 
 
 def test_modes_become_8bit_rgb(tmp_path):
@@ -88,3 +88,25 @@ def test_image_file_filter(tmp_path):
     assert not is_image_file(tmp_path / "Thumbs.db")
     assert not is_image_file(tmp_path / ".DS_Store")
     assert not is_image_file(tmp_path / "._a.jpg")
+
+
+def test_every_extension_pillow_decodes_counts_and_unknown_ones_are_sniffed(tmp_path):
+    # .jfif is what Windows and browsers save JPEGs as; a trained-on file needs no list of ours
+    assert {".jfif", ".jpe", ".webp", ".tif", ".qoi", ".apng"} <= IMAGE_EXTENSIONS
+    assert not {".h5", ".grib", ".mpg", ".pdf", ".txt"} & IMAGE_EXTENSIONS  # identify-only or save-only in Pillow
+    pixels = Image.fromarray(np.full((8, 8, 3), 90, np.uint8))
+    pixels.save(tmp_path / "photo.jfif", "JPEG")
+    pixels.save(tmp_path / "photo.JPEG", "JPEG")
+    pixels.save(tmp_path / "photo.webp", "WEBP")
+    pixels.save(tmp_path / "download", "JPEG")  # saved without an extension
+    pixels.save(tmp_path / "scan.dat", "PNG")  # an extension that says nothing
+    pixels.save(tmp_path / "x.tga", "TGA")
+    pixels.save(tmp_path / "tga_data", "TGA")  # TGA has no signature: not guessed from content
+    (tmp_path / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64))
+    (tmp_path / "LICENSE").write_text("MIT\n")
+    (tmp_path / "P3").write_text("P3 is not a header here\n")
+    found = {p.name for p in tmp_path.iterdir() if is_image_file(p)}
+    assert found == {"photo.jfif", "photo.JPEG", "photo.webp", "download", "scan.dat", "x.tga"}
+    assert sniff_format(tmp_path / "download") == "JPEG" and sniff_format(tmp_path / "scan.dat") == "PNG"
+    assert sniff_format(tmp_path / "missing") is None and sniff_format(tmp_path) is None
+    assert load_rgb(tmp_path / "photo.jfif").size == (8, 8) and load_rgb(tmp_path / "download").size == (8, 8)

@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from imgcls.errors import UserError
 
-# Extensions Pillow decodes that people keep in image datasets. Anything else (Thumbs.db,
-# .DS_Store, notes.txt) is not a sample and is ignored when folders are scanned.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-)
+# Formats Pillow can open but not decode into pixels: the stubs (BUFR, GRIB, HDF5, WMF
+# need a handler installed from outside) and MPEG, whose plugin only reads the frame size
+# (load() would give a black image). Files of these formats are not samples.
+_UNDECODABLE = frozenset({"MPEG"})
+
+
+def _decodable_formats() -> frozenset[str]:
+    Image.init()
+    formats = {name for name, (factory, _) in Image.OPEN.items()
+               if name not in _UNDECODABLE
+               and not (inspect.isclass(factory) and issubclass(factory, ImageFile.StubImageFile))}
+    # MPO (a JPEG with extra frames) is opened by the JPEG plugin, so it has no entry of its own.
+    return frozenset(formats | {"MPO"} if "JPEG" in formats else formats)
+
+
+DECODABLE_FORMATS = _decodable_formats()
+
+# Every extension Pillow's own registry maps to a format it decodes (.jpg, .jfif, .webp,
+# .tif, .avif, .qoi, ...): anything else (Thumbs.db, notes.txt) is sniffed by content.
+IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in DECODABLE_FORMATS)
+
+# Formats recognised by content when a file's extension says nothing. Only formats with a
+# signature check: Pillow tries the others (TGA, IM, IPTC) on any bytes, and random data
+# can pass for them.
+SNIFF_FORMATS = tuple(sorted(name for name in DECODABLE_FORMATS if Image.OPEN.get(name, (None, None))[1]))
 
 # Transparent pixels are composited on white: photos cut out of their background are
 # conventionally shown on white, and black would add a dark border the model learns.
@@ -26,7 +47,27 @@ class ImageDecodeError(UserError):
 
 
 def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    """Is ``path`` an image training reads? By extension (any that Pillow decodes, any
+    case), else by content: a JPEG saved without an extension, a PNG named ``.dat``.
+    Hidden files (``.DS_Store``, ``._a.jpg``) never are. Reads at most the file's header."""
+    path = Path(path)
+    if path.name.startswith("."):
+        return False
+    return path.suffix.lower() in IMAGE_EXTENSIONS or sniff_format(path) is not None
+
+
+def sniff_format(path: Path) -> str | None:
+    """The image format of ``path`` read from its content (header only, nothing decoded),
+    or None when it is not an image Pillow decodes (or cannot be read)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=SNIFF_FORMATS) as image:
+                return image.format
+    except Image.DecompressionBombError:
+        return "image"  # an image, too large to decode: load_rgb says so when it is used
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError):
+        return None
 
 
 def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
