@@ -43,9 +43,16 @@ def _opt(default: Any, help: str, flag: str | None = None, *, choices: tuple | N
     The value checks (``choices``, a regular expression ``pattern`` over the whole value,
     a numeric range [``low``, ``high``], open at either end when asked) run whenever a
     config is built, so a bad value stops the run before any image is opened.
+
+    ``extra`` metadata the CLI reads: ``cli=False`` (a file or Python setting, no flag),
+    ``positional=True`` (a positional argument; a list takes one or more values, a default
+    makes it optional), ``switch=True`` (a bool flag that only turns it on: no ``--no-``
+    form), ``metavar``. ``default=dataclasses.MISSING`` makes the option required.
     """
     metadata = {"help": help, "flag": flag, "choices": choices, "pattern": pattern, "low": low, "high": high,
                 "open_low": open_low, "open_high": open_high, **extra}
+    if default is dataclasses.MISSING:
+        return field(metadata=metadata)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -254,18 +261,39 @@ def _build(cls: type, values: dict, where: str) -> Any:
         else:
             kwargs[name] = _coerce(value, kind, f"{where}.{name}".strip("."))
     built = cls(**kwargs)
-    for f in dataclasses.fields(cls):
-        if not dataclasses.is_dataclass(hints[f.name]):
-            _check_value(f, getattr(built, f.name), f"{where}.{f.name}".strip("."))
+    check_fields(built)
     return built
 
 
-def _check_value(f: dataclasses.Field, value: Any, key: str) -> None:
+def build(cls: type, values: dict) -> Any:
+    """An instance of the option dataclass ``cls`` (nested dataclasses are sections) from a
+    mapping, with loose YAML/CLI values coerced and every declared check run: unknown keys,
+    wrong types and bad values raise :class:`ConfigError` naming the option."""
+    return _build(cls, values, "")
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """How the user names an option: its flag (``--batch-size``), or a positional's ``METAVAR``."""
+    meta = f.metadata
+    if meta.get("positional"):
+        return (meta.get("metavar") or f.name).upper()
+    return meta.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def check_fields(options: Any) -> None:
+    """Run the declared checks of the fields of one dataclass instance (not of its sections)."""
+    hints = typing.get_type_hints(type(options))
+    for f in dataclasses.fields(options):
+        if not dataclasses.is_dataclass(hints[f.name]):
+            _check_value(f, getattr(options, f.name))
+
+
+def _check_value(f: dataclasses.Field, value: Any) -> None:
     """The declared checks of one option; raises ConfigError naming its flag."""
     meta = f.metadata
     if value is None or not meta:
         return
-    flag = flag_name(key) if "." in key else "--" + key.replace("_", "-")
+    flag = flag_of(f)
     choices, pattern = meta.get("choices"), meta.get("pattern")
     if choices and value not in choices:
         raise ConfigError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
