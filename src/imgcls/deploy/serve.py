@@ -21,7 +21,7 @@ import json
 import os
 import time
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -42,28 +42,13 @@ from imgcls.evaluation.explain import GradCamExplainer, display_crop, overlay
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.loading import load
 from imgcls.inference.rows import format_predictions
+from imgcls.options import ServeSettings  # declared with the CLI's other options; imported from here too
 from imgcls.runtime import log
 
 API_KEY_ENV = "IMGCLS_API_KEY"
 SETTINGS_ENV = "IMGCLS_SERVE_SETTINGS"
 API_KEY_HEADER = "X-API-Key"
 STATIC = Path(__file__).parent / "static"
-
-
-@dataclass
-class ServeSettings:
-    model: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    max_batch: int = 32
-    max_wait_ms: float = 5.0
-    max_body_mb: float = 20.0
-    max_images: int = 32
-    max_pixels: int = 40_000_000  # 40 MP: any camera photo; a bomb declares far more
-    topk: int = 5
-    device: str = "auto"
-    threads: int | None = None
 
 
 class ApiError(Exception):

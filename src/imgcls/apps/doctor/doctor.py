@@ -11,25 +11,8 @@ from imgcls.apps.doctor.groups import Finding, class_balance, dataset_checks
 from imgcls.apps.doctor.scan import FileRecord, find_files, scan_files
 from imgcls.apps.doctor.deep import embed, embedding_leaks, label_errors
 from imgcls.inference.embedding import BackboneEmbedder
+from imgcls.options import DoctorOptions  # declared with the CLI's other options; imported from here too
 from imgcls.runtime import log
-
-
-@dataclass
-class DoctorOptions:
-    full: bool = False  # decode every image at full size, exactly as training does
-    deep: bool = False  # leakage by backbone-embedding cosine too
-    label_check: bool = False  # likely label errors from a cross-validated linear probe
-    min_size: int = 32  # images with a shorter side are "tiny"
-    near_distance: int = 4  # dHash bits two images may differ in and still be near-duplicates
-    deep_threshold: float = 0.95  # embedding cosine from which two images are near-duplicates
-    imbalance_ratio: float = 3.0  # largest/smallest train class from which imbalance is reported
-    backbone: str = "efficientnet_lite0"
-    pretrained: bool = True
-    feature_size: int | None = None  # backbone input size (default: the backbone's own)
-    batch_size: int = 64
-    folds: int = 5
-    workers: int | None = None  # processes for scanning and for feature loading
-    device: str = "auto"
 
 
 @dataclass
