@@ -21,6 +21,7 @@ from imgcls.inference import artifact
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.loading import load
 from imgcls.inference.predictions import Predictions, at_temperature
+from imgcls.options import EvalCommand, ReportCommand
 from imgcls.runtime import log
 from imgcls.training.loop import TrainResult
 from imgcls.training.loop import train as _train_loop
@@ -118,8 +119,9 @@ def fit_on_validation(classifier: Classifier, raw_val: Predictions | None = None
 
 
 def evaluate(model: Classifier | str | Path, data: str | Path | None = None, split: str | None = None,
-             out_dir: str | Path | None = None, batch_size: int = 64, workers: int | None = None,
-             report: bool | str | Path = False, unknown: str | Path | None = None, device: str = "auto") -> dict:
+             out_dir: str | Path | None = None, batch_size: int = EvalCommand.batch_size, workers: int | None = None,
+             report: bool | str | Path = False, unknown: str | Path | None = None,
+             device: str = EvalCommand.device) -> dict:
     """Full metrics of ``model`` (a classifier or a path for :func:`load`) on one evaluation
     set; writes ``eval.json`` and CSVs (see :mod:`imgcls.evaluation.evaluate` for which set
     and where). ``report``: also write the HTML report (True: ``report.html`` beside
@@ -139,8 +141,8 @@ def evaluate(model: Classifier | str | Path, data: str | Path | None = None, spl
 
 
 def report(path: str | Path, data: str | Path | None = None, split: str | None = None,
-           out: str | Path | None = None, device: str = "auto", batch_size: int = 64,
-           workers: int | None = None) -> dict:
+           out: str | Path | None = None, device: str = ReportCommand.device,
+           batch_size: int = ReportCommand.batch_size, workers: int | None = None) -> dict:
     """``imgcls report``: evaluate ``split`` and write the report (default ``<run>/report.html``)."""
     classifier = load(path, device)
     target = Path(out) if out else (classifier.run_dir or Path.cwd()) / "report.html"

@@ -17,6 +17,8 @@ from PIL import Image, ImageDraw, ImageFont
 from imgcls.data.images import ImageDecodeError, load_rgb
 from imgcls.data.sources import DatasetError, Sample, discover
 from imgcls.data.transforms import Preprocessing, eval_transform, train_transform
+from imgcls.config import DataConfig
+from imgcls.options import PREVIEW_IMAGE_SIZE, AugmentPreviewCommand
 from imgcls.runtime import log
 
 _NORM = (0.5, 0.5, 0.5)  # any mean/std works: the preview undoes the normalisation
@@ -24,9 +26,10 @@ _MIN_CELL = 96  # small images (CIFAR's 32 px) are enlarged, pixel for pixel, to
 _PAD, _LABEL_W, _HEADER_H = 4, 120, 34
 
 
-def augment_preview(data: str | Path, out: str | Path = "augment-preview.png", preset: str = "default",
-                    n: int = 16, per_image: int = 4, image_size: int = 224, random_erasing: float = 0.0,
-                    seed: int = 0) -> Path:
+def augment_preview(data: str | Path, out: str | Path = AugmentPreviewCommand.out, preset: str = DataConfig.augment,
+                    n: int = AugmentPreviewCommand.n, per_image: int = AugmentPreviewCommand.per_image,
+                    image_size: int = PREVIEW_IMAGE_SIZE, random_erasing: float = DataConfig.random_erasing,
+                    seed: int = AugmentPreviewCommand.seed) -> Path:
     """Write a PNG grid of ``n`` augmented views (``per_image`` per row) of training images."""
     if n < 1 or per_image < 1:
         raise ValueError("--n and --per-image must be at least 1")

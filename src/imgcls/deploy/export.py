@@ -40,11 +40,12 @@ from imgcls.evaluation.evaluate import load_split
 from imgcls.inference.backends import INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAME, open_session
 from imgcls.inference.card import CARD_METADATA_KEY, ModelCard
 from imgcls.inference.loading import load
+from imgcls.options import ExportCommand
 from imgcls.runtime import log
 
 PARITY_TOLERANCE = 1e-4
 MIN_INT8_AGREEMENT = 0.99
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = ExportCommand.opset
 FORMAT = "imgcls-onnx/2"
 
 
@@ -301,8 +302,9 @@ def int8_output(fp32_out: Path) -> Path:
 
 
 def export_checkpoint(model: str | Path, out: str | Path | None = None, *, opset: int = DEFAULT_OPSET,
-                      int8: bool = False, int8_mode: str = "static", data: str | Path | None = None,
-                      parity_images: int = 64, calibration_images: int = 128) -> ExportReport:
+                      int8: bool = ExportCommand.int8, int8_mode: str = ExportCommand.int8_mode,
+                      data: str | Path | None = None, parity_images: int = 64,
+                      calibration_images: int = ExportCommand.calibration_images) -> ExportReport:
     """Export a model file or run folder to ONNX (and int8 ONNX), check both, and report
     what was measured.
 

@@ -24,6 +24,7 @@ from imgcls.data.images import ImageDecodeError, load_rgb
 from imgcls.data.sources import list_images
 from imgcls.data.transforms import Preprocessing, eval_transform
 from imgcls.inference.classifier import Classifier
+from imgcls.options import ExplainCommand
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -174,8 +175,8 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "class"
 
 
-def explain_files(classifier: Classifier, paths: list[str | Path], out_dir: str | Path, topk: int = 3,
-                  size: int = 320, alpha: float = 0.5) -> list[dict]:
+def explain_files(classifier: Classifier, paths: list[str | Path], out_dir: str | Path,
+                  topk: int = ExplainCommand.topk, size: int = ExplainCommand.size, alpha: float = 0.5) -> list[dict]:
     """``imgcls explain``: one Grad-CAM overlay PNG per image and top-k class.
 
     Returns one row per (image, rank): path, rank, label, probability and the PNG written,

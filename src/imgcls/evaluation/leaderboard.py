@@ -21,6 +21,7 @@ import yaml
 
 from imgcls.errors import CheckpointError
 from imgcls.inference import artifact
+from imgcls.options import RunsCommand
 from imgcls.runtime import log
 
 
@@ -131,7 +132,8 @@ def run_row(run: Path) -> dict[str, Any]:
     return row
 
 
-def leaderboard(root: str | Path, sort: str = "val_top1", reverse: bool = False) -> list[dict[str, Any]]:
+def leaderboard(root: str | Path, sort: str = RunsCommand.sort,
+                reverse: bool = RunsCommand.reverse) -> list[dict[str, Any]]:
     """Rows of every run under ``root``, best first by ``sort`` (``reverse`` flips it).
 
     Scores sort best-first (highest accuracy, smallest size or time); names alphabetically.
