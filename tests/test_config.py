@@ -58,3 +58,15 @@ def test_usage_doc_lists_every_option():
     script = Path(__file__).resolve().parents[1] / "scripts" / "gen_usage.py"
     done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_usage_doc_needs_a_table_section_for_every_command():
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "gen_usage.py"))
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
+    assert "| `--port` | `8000` | TCP port to listen on |" in script["render"](doc)
+    without_serve = doc.replace("<!-- options:serve:start -->", "")
+    with pytest.raises(SystemExit, match="options:serve:start"):
+        script["render"](without_serve)
