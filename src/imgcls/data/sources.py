@@ -1,11 +1,16 @@
 """Find the labelled samples of a dataset, whatever layout it comes in.
 
 Layouts, checked in this order:
-  * a CSV manifest ``path,label[,split]`` (paths relative to the CSV);
-  * a folder with ``train/`` (and optionally ``val/`` and ``test/``) of class folders;
+  * a CSV manifest ``path,label[,split]`` (paths relative to the CSV), as spreadsheet
+    programs and Windows write it (see :func:`read_manifest`);
+  * a folder of split folders, recognised by name in any case (``train/``, ``Training/``,
+    ``valid/``, ``Testing/``...: :mod:`imgcls.data.layout`), each holding class folders;
   * a single folder of class folders;
   * ``--train`` folders (several are merged by class name) and an optional ``--val`` folder.
 Whatever has no validation split gets one from :func:`imgcls.data.splits.stratified_split`.
+Images are recognised by any extension Pillow decodes, or by content
+(:func:`imgcls.data.images.is_image_file`). Nothing is dropped silently: every file or folder
+that is not a sample is kept with its reason in ``DatasetSplits.unused``.
 
 ``nested=True`` (``--hierarchy folders``) reads ``<coarse>/<fine>/`` folders instead: the fine
 folder is the class, the coarse folder is kept in ``Sample.coarse``. An ``unknown/`` folder in
@@ -15,22 +20,29 @@ open-set evaluation: it is kept apart in ``DatasetSplits.unknown``, not treated 
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import os
+from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from imgcls.data.images import is_image_file
-from imgcls.errors import UserError
+from imgcls.data.layout import (EMPTY_CLASS, HIDDEN, MISSING, NOT_IMAGE, NOT_IN_CLASS, SPLIT_FOLDERS, SPLITS,
+                                TRAIN, VAL, DatasetError, Unused, is_hidden, resolve_folder, split_name)
 from imgcls.data.splits import stratified_split
 
-VAL_NAMES = ("val", "valid", "validation")
-TEST_NAMES = ("test",)
+__all__ = ["DatasetError", "DatasetSplits", "Sample", "Unused", "discover", "discover_run", "find_split_folders",
+           "is_nested", "list_images", "read_dataset", "read_manifest", "scan_class_folders"]
+
 UNKNOWN_FOLDER = "unknown"
 HIERARCHY_FOLDERS = "folders"  # data.hierarchy value for <coarse>/<fine>/ folders
+MANIFEST, TRAIN_FOLDERS = "manifest", "train folders"  # DatasetSplits.layout besides the layout module's
 
-
-class DatasetError(UserError, ValueError):
-    """A dataset that cannot be read; ``str()`` names the path and the problem."""
+# Header names a manifest's columns go by (compared in lower case, spaces as underscores).
+PATH_COLUMNS = ("path", "filepath", "file_path", "image_path", "filename", "file_name", "file", "image")
+LABEL_COLUMNS = ("label", "class", "class_name", "category")
 
 
 @dataclass
@@ -42,11 +54,20 @@ class Sample:
 
 @dataclass
 class DatasetSplits:
-    """Labelled samples per split; ``classes`` fixes the label -> index mapping."""
+    """Labelled samples per split; ``classes`` fixes the label -> index mapping.
+
+    ``sources``: where each split was read from (folder(s) or manifest); ``automatic_val``:
+    how val was made when the dataset has none; ``unused``: every file or folder under the
+    data that is not a sample, with its reason."""
 
     classes: list[str]
     splits: dict[str, list[Sample]] = field(default_factory=dict)
     unknown: dict[str, list[Sample]] = field(default_factory=dict)  # out-of-distribution images per split
+    layout: str = ""  # "split folders" | "class folders" | "manifest" | "train folders"
+    root: Path | None = None  # the dataset folder or manifest
+    sources: dict[str, str] = field(default_factory=dict)
+    automatic_val: str = ""
+    unused: list[Unused] = field(default_factory=list)
 
     def targets(self, split: str) -> list[int]:
         index = {name: i for i, name in enumerate(self.classes)}
@@ -58,6 +79,10 @@ class DatasetSplits:
             counts[sample.label] += 1
         return counts
 
+    def where(self, split: str) -> str:
+        """The folder or file to name in a message about ``split``."""
+        return self.sources.get(split) or str(self.root or self.sources.get(TRAIN, ""))
+
 
 def discover(
     path: str | Path | None,
@@ -67,20 +92,69 @@ def discover(
     split_seed: int = 0,
     nested: bool = False,
 ) -> DatasetSplits:
-    """Read the dataset at ``path`` (and/or ``train_dirs``) into train/val[/test] samples."""
-    splits = _read_layout(Path(path) if path else None, [Path(p) for p in train_dirs or []], nested)
+    """Read the dataset at ``path`` (and/or ``train_dirs``) into train/val[/test] samples.
+
+    Raises DatasetError naming the folder or file: no such path, a layout that reads two
+    ways, a split without a usable image, val/test classes with no training images. Looks
+    at names and folder listings only (a file's header when its extension is unknown).
+    """
+    data = read_dataset(path, train_dirs, val_dir, val_fraction, split_seed, nested)
+    _check_known_classes(data.splits, data.classes, path)
+    return data
+
+
+def read_dataset(
+    path: str | Path | None,
+    train_dirs: list[str] | None = None,
+    val_dir: str | None = None,
+    val_fraction: float = 0.15,
+    split_seed: int = 0,
+    nested: bool = False,
+) -> DatasetSplits:
+    """:func:`discover` without its last check (that val/test have only training classes),
+    which the doctor reports file by file instead."""
+    root = Path(path) if path else None
+    data = DatasetSplits(classes=[], root=root)
+    if root is not None:
+        _read_root(data, root, nested)
+    for extra in map(Path, train_dirs or []):
+        data.layout = data.layout or TRAIN_FOLDERS
+        data.splits.setdefault(TRAIN, []).extend(scan_class_folders(extra, nested, data.unused))
+        data.sources[TRAIN] = ", ".join(filter(None, [data.sources.get(TRAIN), str(extra)]))
     if val_dir:
-        splits["val"] = scan_class_folders(Path(val_dir), nested)
-    if "train" not in splits or not splits["train"]:
-        raise DatasetError(f"{path or train_dirs}: no training images found")
-    if "val" not in splits:
+        data.splits[VAL] = scan_class_folders(Path(val_dir), nested, data.unused)
+        data.sources[VAL] = str(val_dir)
+    if not data.splits.get(TRAIN):
+        found = ", ".join(f"{s} <- {data.sources[s]}" for s in data.splits)
+        raise DatasetError(f"{path or train_dirs}: no training images found" +
+                           (f" (only {found}); add a train split or give --train DIR" if found else ""),
+                           "empty_split")
+    data.classes = sorted({s.label for s in data.splits[TRAIN]})
+    if VAL not in data.splits:
         if not 0.0 < val_fraction < 1.0:
             raise DatasetError(f"{path}: no val split and --val-fraction {val_fraction} is not in (0, 1)")
-        splits["train"], splits["val"] = stratified_split(splits["train"], val_fraction, split_seed)
-    classes = sorted({s.label for s in splits["train"]})
-    unknown = _set_aside_unknown(splits, classes)
-    _check_known_classes(splits, classes, path)
-    return DatasetSplits(classes=classes, splits=splits, unknown=unknown)
+        data.splits[TRAIN], data.splits[VAL] = stratified_split(data.splits[TRAIN], val_fraction, split_seed)
+        data.automatic_val = f"{val_fraction * 100:g}% of each train class (stratified, --split-seed {split_seed})"
+    data.splits = {s: data.splits[s] for s in SPLITS if s in data.splits}
+    data.unknown = _set_aside_unknown(data.splits, data.classes)
+    data.unused.sort(key=lambda u: str(u.path))
+    return data
+
+
+def _read_root(data: DatasetSplits, root: Path, nested: bool) -> None:
+    if not root.exists():
+        raise DatasetError(f"{root}: no such file or folder")
+    if root.is_file():
+        data.layout = MANIFEST
+        data.splits = _usable_rows(root, read_manifest(root), data.unused)
+        data.sources = dict.fromkeys(data.splits, str(root))
+        return
+    layout = resolve_folder(root, nested)
+    data.layout = layout.kind
+    data.unused.extend(layout.outside)
+    for split, folder in layout.splits.items():
+        data.splits[split] = scan_class_folders(folder, nested, data.unused)
+        data.sources[split] = str(folder)
 
 
 def discover_run(data_cfg, path: str | Path | None = None) -> DatasetSplits:
@@ -113,63 +187,86 @@ def _set_aside_unknown(splits: dict[str, list[Sample]], classes: list[str]) -> d
     return unknown
 
 
-def _read_layout(root: Path | None, train_dirs: list[Path], nested: bool = False) -> dict[str, list[Sample]]:
-    splits: dict[str, list[Sample]] = {}
-    if root is not None:
-        if not root.exists():
-            raise DatasetError(f"{root}: no such file or folder")
-        if root.is_file():
-            return read_manifest(root)
-        folders = find_split_folders(root)
-        if "train" in folders:
-            for name, folder in folders.items():
-                splits[name] = scan_class_folders(folder, nested)
-        else:
-            splits["train"] = scan_class_folders(root, nested)
-    for extra in train_dirs:
-        splits.setdefault("train", []).extend(scan_class_folders(extra, nested))
-    return splits
-
-
 def find_split_folders(root: Path) -> dict[str, Path]:
-    """The split folders directly under ``root``: ``{"train": ..., "val": ..., "test": ...}``
-    for those present (empty when ``root`` is a folder of class folders)."""
-    found = {}
-    for name, options in (("train", ("train",)), ("val", VAL_NAMES), ("test", TEST_NAMES)):
-        folder = next((root / o for o in options if (root / o).is_dir()), None)
-        if folder is not None:
-            found[name] = folder
-    return found
+    """The split folders of ``root`` (``{"train": ..., "val": ..., "test": ...}`` for those
+    present, recognised by name: ``Training/``, ``valid/``, ``test_set/``...); empty when
+    ``root`` is a folder of class folders. Raises DatasetError when it reads two ways."""
+    layout = resolve_folder(root)
+    return layout.splits if layout.kind == SPLIT_FOLDERS else {}
 
 
-def scan_class_folders(root: Path, nested: bool = False) -> list[Sample]:
-    """Every image below ``root/<class>/`` (recursively), sorted, hidden files skipped;
-    ``nested``: below ``root/<coarse>/<class>/``."""
+def scan_class_folders(root: Path, nested: bool = False, unused: list[Unused] | None = None) -> list[Sample]:
+    """Every image below ``root/<class>/`` (recursively), sorted; ``nested``: below
+    ``root/<coarse>/<class>/``. Whatever is not a sample (hidden files, non-images, files
+    outside class folders, empty class folders) is appended to ``unused`` with its reason.
+
+    Raises DatasetError naming ``root`` when it is not a folder or no class folder in it
+    holds an image.
+    """
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder of class folders")
-    samples = []
-    for class_dir in _subfolders(root):
-        if not nested or class_dir.name == UNKNOWN_FOLDER:
-            samples.extend(_images_below(class_dir, class_dir.name))
-            continue
-        loose = next((f for f in class_dir.iterdir() if f.is_file() and is_image_file(f)), None)
-        if loose is not None:
-            raise DatasetError(f"{loose}: an image directly in coarse folder '{class_dir.name}'; with "
-                               "--hierarchy folders images go in <coarse>/<fine>/ folders")
-        for fine_dir in _subfolders(class_dir):
-            samples.extend(_images_below(fine_dir, fine_dir.name, class_dir.name))
+    unused = [] if unused is None else unused
+    start = len(unused)
+    samples: list[Sample] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            unused.append(Unused(entry, HIDDEN))
+        elif not entry.is_dir():
+            unused.append(Unused(entry, NOT_IN_CLASS))
+        elif not nested or entry.name == UNKNOWN_FOLDER:
+            samples.extend(_class_images(entry, entry.name, None, unused))
+        else:
+            samples.extend(_coarse_images(entry, unused))
     if not samples:
-        raise DatasetError(f"{root}: no images found in class sub-folders")
+        reasons = Counter(u.reason for u in unused[start:])
+        found = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+        raise DatasetError(f"{root}: no images found in class sub-folders" + (f" ({found})" if found else ""),
+                           "empty_split")
     return samples
 
 
-def _subfolders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _coarse_images(coarse_dir: Path, unused: list[Unused]) -> list[Sample]:
+    loose = next((f for f in sorted(coarse_dir.iterdir()) if f.is_file() and is_image_file(f)), None)
+    if loose is not None:
+        raise DatasetError(f"{loose}: an image directly in coarse folder '{coarse_dir.name}'; with "
+                           "--hierarchy folders images go in <coarse>/<fine>/ folders")
+    samples: list[Sample] = []
+    for entry in sorted(coarse_dir.iterdir()):
+        if entry.name.startswith("."):
+            unused.append(Unused(entry, HIDDEN))
+        elif not entry.is_dir():
+            unused.append(Unused(entry, NOT_IN_CLASS))
+        else:
+            samples.extend(_class_images(entry, entry.name, coarse_dir.name, unused))
+    if not samples and not any(u.path.parent == coarse_dir and u.reason == EMPTY_CLASS for u in unused):
+        unused.append(Unused(coarse_dir, EMPTY_CLASS))
+    return samples
 
 
-def _images_below(class_dir: Path, label: str, coarse: str | None = None) -> list[Sample]:
-    return [Sample(file, label, coarse) for file in sorted(class_dir.rglob("*"))
-            if file.is_file() and is_image_file(file) and not _is_hidden(file, class_dir)]
+def _class_images(class_dir: Path, label: str, coarse: str | None, unused: list[Unused]) -> list[Sample]:
+    """The images below one class folder; the rest goes to ``unused``."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        here = Path(dirpath)
+        real = os.path.realpath(here)
+        if real in seen:  # a symlink back up the tree (or to a folder already read)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        unused.extend(Unused(here / d, HIDDEN) for d in dirnames if d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            file = here / name
+            if name.startswith("."):
+                unused.append(Unused(file, HIDDEN))
+            elif is_image_file(file):
+                found.append(file)
+            else:
+                unused.append(Unused(file, NOT_IMAGE))
+    if not found:
+        unused.append(Unused(class_dir, EMPTY_CLASS))
+    return [Sample(file, label, coarse) for file in sorted(found)]
 
 
 def list_images(paths: list[str | Path]) -> list[Path]:
@@ -177,8 +274,8 @@ def list_images(paths: list[str | Path]) -> list[Path]:
     found: list[Path] = []
     for item in map(Path, paths):
         if item.is_dir():
-            found.extend(sorted(f for f in item.rglob("*") if f.is_file() and is_image_file(f)
-                                and not _is_hidden(f, item)))
+            found.extend(sorted(f for f in item.rglob("*") if f.is_file() and not is_hidden(f, item)
+                                and is_image_file(f)))
         elif item.exists():
             found.append(item)
         else:
@@ -187,26 +284,97 @@ def list_images(paths: list[str | Path]) -> list[Path]:
 
 
 def read_manifest(csv_path: Path) -> dict[str, list[Sample]]:
-    """Read ``path,label[,split]`` rows; paths are relative to the CSV's folder."""
-    try:
-        with csv_path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DatasetError(f"{csv_path}: cannot read manifest: {err}") from None
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise DatasetError(f"{csv_path}: a manifest needs a header with 'path' and 'label' columns")
+    """Read ``path,label[,split]`` rows; paths are relative to the CSV's folder.
+
+    Read as spreadsheet programs and Windows save them: UTF-8 with or without a BOM, UTF-16
+    (Excel's "Unicode text"), Windows-1252; fields separated by ``,`` ``;`` tab or ``|``;
+    header names in any case (``Path``, ``filename``, ``Class`` also do); paths with ``\\`` or
+    ``/``; blank rows skipped. A split value is read like a split folder's name (``Training``,
+    ``valid``), an empty one means train. Every row is returned, whether its file exists or
+    not. Raises DatasetError naming the file (and line) it cannot read.
+    """
+    header, rows = _read_table(csv_path)
+    columns = {name.strip().lower().replace(" ", "_"): i for i, name in enumerate(header)}
+    path_col = next((columns[c] for c in PATH_COLUMNS if c in columns), None)
+    label_col = next((columns[c] for c in LABEL_COLUMNS if c in columns), None)
+    if path_col is None or label_col is None:
+        raise DatasetError(f"{csv_path}: a manifest needs a header with 'path' and 'label' columns "
+                           f"(found: {', '.join(header) or 'nothing'})")
+    split_col = columns.get("split")
     splits: dict[str, list[Sample]] = {}
-    for line, row in enumerate(rows, start=2):
-        if not row["path"] or not row["label"]:
+    for line, row in rows:
+        def cell(i: int | None) -> str:
+            return row[i].strip() if i is not None and i < len(row) else ""
+
+        path, label, value = cell(path_col), cell(label_col), cell(split_col) or TRAIN
+        if not path or not label:
             raise DatasetError(f"{csv_path}:{line}: empty path or label")
-        split = (row.get("split") or "train").strip().lower()
-        split = "val" if split in VAL_NAMES else split
-        splits.setdefault(split, []).append(Sample(csv_path.parent / row["path"], row["label"].strip()))
+        split = split_name(value)
+        if split is None:
+            raise DatasetError(f"{csv_path}:{line}: split '{value}' is not train, val or test")
+        splits.setdefault(split, []).append(Sample(_manifest_path(csv_path.parent, path), label))
+    if not splits:
+        raise DatasetError(f"{csv_path}: the manifest has a header but no rows")
     return splits
 
 
-def _is_hidden(file: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in file.relative_to(root).parts)
+def _read_table(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the non-blank ``(line number, cells)`` rows of a delimited text file."""
+    try:
+        text = _decode(csv_path.read_bytes(), csv_path)
+    except OSError as err:
+        raise DatasetError(f"{csv_path}: cannot read manifest: {err.strerror or err}") from None
+    try:
+        delimiter = csv.Sniffer().sniff(text[:16384], delimiters=",;\t|").delimiter
+    except csv.Error:
+        delimiter = ","  # one column, or too little text to tell: the standard comma
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        table = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+    except csv.Error as err:
+        raise DatasetError(f"{csv_path}:{reader.line_num}: cannot read manifest: {err}") from None
+    if not table:
+        return [], []
+    return table[0][1], table[1:]
+
+
+def _decode(raw: bytes, csv_path: Path) -> str:
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    try:
+        return raw.decode("utf-8-sig")  # with or without the BOM Excel writes
+    except UnicodeDecodeError:
+        pass
+    try:
+        return raw.decode("cp1252")  # Excel on Windows saves "CSV" in the ANSI code page
+    except UnicodeDecodeError:
+        raise DatasetError(f"{csv_path}: cannot read manifest: not UTF-8, UTF-16 or Windows-1252 text") from None
+
+
+def _manifest_path(folder: Path, text: str) -> Path:
+    path = folder / text
+    if "\\" in text and not path.exists():
+        # Written on Windows (images\cat\0.png). A backslash may be part of a POSIX file
+        # name, so a file named exactly as written wins.
+        path = folder / PureWindowsPath(text).as_posix()
+    return path
+
+
+def _usable_rows(csv_path: Path, splits: dict[str, list[Sample]], unused: list[Unused]) -> dict[str, list[Sample]]:
+    """The manifest's rows whose file exists and is an image; the others go to ``unused``.
+    Raises DatasetError naming the first missing file when a split keeps no row."""
+    kept: dict[str, list[Sample]] = {}
+    for split, samples in splits.items():
+        dropped = [Unused(s.path, NOT_IMAGE if s.path.is_file() else MISSING) for s in samples
+                   if not (s.path.is_file() and is_image_file(s.path))]
+        if len(dropped) == len(samples):
+            raise DatasetError(f"{csv_path}: no usable image in the {split} split: all {len(samples)} listed files "
+                               f"are missing or not images (first: {dropped[0].path}: {dropped[0].reason})",
+                               "empty_split")
+        bad = {u.path for u in dropped}
+        kept[split] = [s for s in samples if s.path not in bad]
+        unused.extend(dropped)
+    return kept
 
 
 def _check_known_classes(splits: dict[str, list[Sample]], classes: list[str], where) -> None:
@@ -214,4 +382,5 @@ def _check_known_classes(splits: dict[str, list[Sample]], classes: list[str], wh
     for name, samples in splits.items():
         unknown = sorted({s.label for s in samples} - known)
         if unknown:
-            raise DatasetError(f"{where}: {name} split has classes with no training images: {unknown}")
+            raise DatasetError(f"{where}: {name} split has classes with no training images: {unknown}",
+                               "unknown_class")

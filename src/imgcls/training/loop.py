@@ -29,6 +29,7 @@ from imgcls.data.hierarchy import attach_hierarchy
 from imgcls.data.loaders import DeviceLoader, default_workers, make_loader
 from imgcls.data.sources import DatasetSplits, discover_run
 from imgcls.data.transforms import Preprocessing
+from imgcls.data.validate import UNUSED_FILE, check_trainable, describe, write_unused
 from imgcls.inference import artifact
 from imgcls.inference.card import ModelCard
 from imgcls.inference.predictions import Predictions, predict_loader
@@ -321,8 +322,10 @@ def find_lr(config: RunConfig, phase: str = "auto", steps: int | None = None) ->
 
 
 def _discover(config: RunConfig) -> DatasetSplits:
-    """The run's splits, with the hierarchy resolved into ``config.data.hierarchy_map``."""
+    """The run's splits, with the hierarchy resolved into ``config.data.hierarchy_map``.
+    Refuses (DatasetError) a dataset training could not learn from, before any image is decoded."""
     data = discover_run(config.data)
+    check_trainable(data)
     attach_hierarchy(config.data, data)
     return data
 
@@ -669,9 +672,11 @@ def _make_loaders(data: DatasetSplits, preprocessing: Preprocessing, config: Run
 
 def _describe(config: RunConfig, data: DatasetSplits, model: nn.Module, device: torch.device, run_dir: Path,
               ctx: DistContext) -> None:
-    counts = ", ".join(f"{split} {len(samples)}" for split, samples in data.splits.items())
     log.info("run folder: %s", run_dir)
-    log.info("data: %d classes; %s images", len(data.classes), counts)
+    for line in describe(data):
+        log.info("%s", line)
+    if ctx.is_main and write_unused(data.unused, run_dir / UNUSED_FILE):
+        log.info("unused files and folders listed in %s", run_dir / UNUSED_FILE)
     params = parameter_counts(model)
     log.info("model: %s (%s head), %.2fM parameters, device %s", config.model.name, config.model.head,
              params["total"] / 1e6, device)

@@ -22,7 +22,8 @@ from PIL import Image, UnidentifiedImageError
 
 from imgcls.apps.doctor.checks import check_header, decode_problem
 from imgcls.data.images import ImageDecodeError, load_rgb
-from imgcls.data.sources import TEST_NAMES, VAL_NAMES, DatasetError, read_manifest
+from imgcls.data.layout import SPLIT_FOLDERS, resolve_folder
+from imgcls.data.sources import DatasetError, read_manifest
 from imgcls.runtime import progress
 
 # Below this many files a process pool costs more to start than it saves.
@@ -62,32 +63,39 @@ class DatasetFiles:
 
 
 def find_files(data: str | Path) -> DatasetFiles:
-    """Every file of the dataset at ``data``, in the layouts :func:`imgcls.data.sources.discover` reads.
+    """Every file of the dataset at ``data``, in the layouts :func:`imgcls.data.sources.discover` reads
+    (split folders recognised by the same names: ``Training/``, ``valid/``...).
 
     Unlike training, junk (``Thumbs.db``, ``.DS_Store``, text) is listed too, so it can be
-    reported; hidden folders (``.git``, ``.ipynb_checkpoints``) are not entered.
+    reported; hidden folders (``.git``, ``.ipynb_checkpoints``) are not entered. A folder
+    that reads two ways is scanned as class folders (the layout finding says why).
     """
     data = Path(data)
     if not data.exists():
         raise DatasetError(f"{data}: no such file or folder")
     if data.is_file():
         return _manifest_files(data)
-    if (data / "train").is_dir():
-        records = []
-        for top in _visible_children(data):
-            split = _split_name(top.name) if top.is_dir() else ""
-            records.extend(_folder_files(data, top, split, classes=bool(split)) if top.is_dir()
-                           else [_record(data, top, "", "")])
-        return DatasetFiles(data, "split folders", records)
+    try:
+        layout = resolve_folder(data)
+    except DatasetError:
+        layout = None  # reported by the layout checks; every file is still scanned
+    if layout is not None and layout.kind == SPLIT_FOLDERS:
+        return DatasetFiles(data, SPLIT_FOLDERS, _split_files(data, layout.splits))
     return DatasetFiles(data, "class folders", _folder_files(data, data, "train", classes=True))
 
 
-def _split_name(name: str) -> str:
-    if name == "train":
-        return "train"
-    if name in VAL_NAMES:
-        return "val"
-    return "test" if name in TEST_NAMES else ""
+def _split_files(root: Path, splits: dict[str, Path]) -> list[FileRecord]:
+    records = []
+    for top in _visible_children(root):
+        folder, split = next(((f, s) for s, f in splits.items() if f == top or top in f.parents), (None, ""))
+        if top.is_file() or folder is None:
+            records.extend(_folder_files(root, top, "", classes=False) if top.is_dir() else [_record(root, top, "", "")])
+            continue
+        # training_set/training_set/<class>/: files of the wrapping folders belong to no class
+        for wrapper in [p for p in folder.parents if p == top or top in p.parents]:
+            records.extend(_record(root, f, split, "") for f in _visible_children(wrapper) if f.is_file())
+        records.extend(_folder_files(root, folder, split, classes=True))
+    return records
 
 
 def _visible_children(folder: Path) -> list[Path]:
