@@ -12,6 +12,7 @@ from PIL import Image
 
 # Gray is a class of its own so that the grayscale images planted in it are not label errors.
 CLASSES = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 200), "gray": (118, 118, 118)}
+PLANTED_EMPTY_CLASS = "train/frog"  # a class folder without images: the empty_class finding
 
 
 def _structured(size: int = 64) -> Image.Image:
@@ -72,7 +73,8 @@ def make_messy_dataset(root: Path) -> dict[str, set[str]]:
     _structured().save(plant("train/green/leaked_near.jpg", "leak"), quality=80)
     make_image(plant("test/purple/purple_000.jpg", "unknown_class"), (150, 40, 160), seed=10)
     make_image(plant("train/stray.jpg", "unlabeled"), CLASSES["red"], seed=11)
-    (root / "README.md").write_text("A messy dataset for tests.\n")  # documentation: no problem
+    plant("README.md", "unused").write_text("A messy dataset for tests.\n")  # beside the splits: unused by training
+    (root / PLANTED_EMPTY_CLASS).mkdir()
     make_image(plant("train/green/looks_red.jpg", "label_error"), CLASSES["red"], seed=12)
     return planted
 

@@ -10,11 +10,12 @@ import shutil
 
 import pytest
 from conftest import FAST, make_class_folders
-from doctor_support import make_messy_dataset
+from doctor_support import PLANTED_EMPTY_CLASS, make_messy_dataset
 
 import imgcls
 from imgcls.cli import main
 from imgcls.apps.doctor import PROBLEMS, DoctorOptions, apply_fix, plan_fix, quarantine_dir, restore, run_doctor
+from imgcls.apps.doctor.checks import DATASET_LEVEL
 from imgcls.apps.doctor import scan as scan_module
 from imgcls.apps.doctor.scan import content_hash
 from imgcls.data.images import is_image_file
@@ -48,7 +49,9 @@ def _tree(root) -> dict[str, str]:
 def test_doctor_flags_exactly_the_planted_files(messy):
     root, planted, report = messy
     assert _flags(report) == planted
-    assert {code for codes in planted.values() for code in codes} | {"imbalance"} == set(PROBLEMS)
+    assert {code for codes in planted.values() for code in codes} | DATASET_LEVEL == set(PROBLEMS)
+    folder_findings = [(f.code, f.files) for f in report.findings if f.code in DATASET_LEVEL]
+    assert folder_findings == [("empty_class", [PLANTED_EMPTY_CLASS + "/"])]  # the other codes: tests/test_layout.py
     assert report.balance["imbalanced"] and report.balance["minority"] == ["yellow"]
     assert report.counts()["imbalance"] == 1
     every_file = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}

@@ -24,9 +24,11 @@ def test_codes_are_stable():
     assert list(PROBLEMS) == [
         "zero_byte", "not_image", "unreadable", "truncated", "decompression_bomb", "duplicate",
         "conflicting_label", "leak", "unknown_class", "ext_mismatch", "mode_cmyk", "mode_16bit", "mode_alpha",
-        "mode_palette", "mode_grayscale", "tiny", "unlabeled", "label_error", "imbalance"]
+        "mode_palette", "mode_grayscale", "tiny", "unlabeled", "label_error", "imbalance", "unused", "empty_class",
+        "split_folder", "one_class", "empty_split", "small_split", "ambiguous_layout", "extra_level"]
     assert BLOCKING == {"zero_byte", "not_image", "unreadable", "truncated", "decompression_bomb", "duplicate",
-                        "conflicting_label", "leak", "unknown_class"}
+                        "conflicting_label", "leak", "unknown_class", "one_class", "empty_split", "small_split",
+                        "ambiguous_layout", "extra_level"}
 
 
 def test_header_checks():
@@ -41,8 +43,10 @@ def test_header_checks():
     assert mode_problem(Image.new("RGB", (2, 2))) is None
     assert extension_problem("a/b.JPG", "JPEG") is None
     assert extension_problem("a/b.jpg", "PNG") == "PNG data in a '.jpg' file"
-    assert "training skips" in extension_problem("a/b.jpg.bak", "JPEG")
-    assert "training skips" in extension_problem("a.b/noext", "PNG")
+    # training sniffs formats with a signature when the extension is unknown; TGA has none
+    assert extension_problem("a/b.jpg.bak", "JPEG") == "JPEG image named '.bak', which training recognises by content"
+    assert "training recognises by content" in extension_problem("a.b/noext", "PNG")
+    assert extension_problem("a/b.dat", "TGA") == "TGA image named '.dat', which training skips"
     assert decode_problem("image file is truncated (3 bytes not processed)") == "truncated"
     assert decode_problem("broken data stream when reading image file") == "unreadable"
 

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from imgcls.data.images import IMAGE_EXTENSIONS
+from imgcls.data.images import IMAGE_EXTENSIONS, SNIFF_FORMATS
 
-ERROR, WARNING = "error", "warning"
+ERROR, WARNING, INFO = "error", "warning", "info"
 
 
 @dataclass(frozen=True)
 class Problem:
     code: str
-    severity: str  # "error": blocking, --fix moves the file; "warning": reported only
+    severity: str  # "error": blocking, --fix moves the file; "warning": reported only; "info": how it was read
     meaning: str
 
 
@@ -42,12 +42,26 @@ PROBLEMS = {p.code: p for p in (
     Problem("unlabeled", WARNING, "image outside any class folder (or split folder): training ignores it"),
     Problem("label_error", WARNING, "a cross-validated probe is confident the image belongs to another class"),
     Problem("imbalance", WARNING, "largest class / smallest class in train exceeds the ratio (dataset-level)"),
+    Problem("unused", WARNING, "a file training does not use (e.g. outside the split folders): in unused_files.csv"),
+    Problem("empty_class", WARNING, "a class folder without images: training has no such class (folder-level)"),
+    Problem("split_folder", INFO, "a folder read as a split under another name, e.g. Training/ as train"),
+    Problem("one_class", ERROR, "fewer than 2 classes: training refuses the dataset (dataset-level)"),
+    Problem("empty_split", ERROR, "a split without usable images, or val left empty by the automatic split: "
+                                  "training refuses the dataset (dataset-level)"),
+    Problem("small_split", ERROR, "a split of a single image: training refuses the dataset (dataset-level)"),
+    Problem("ambiguous_layout", ERROR, "the folders read two ways, or two folders name one split: training "
+                                       "refuses the dataset (dataset-level)"),
+    Problem("extra_level", ERROR, "the dataset sits one folder deeper than the path given: training refuses it"),
 )}
 
 BLOCKING = frozenset(code for code, p in PROBLEMS.items() if p.severity == ERROR)
 
+# Codes about a folder or the whole dataset, not a file: counted by findings, never moved by --fix.
+DATASET_LEVEL = frozenset({"imbalance", "empty_class", "split_folder", "one_class", "empty_split", "small_split",
+                           "ambiguous_layout", "extra_level"})
+
 # Extensions each Pillow format is expected under. A format missing here is only checked
-# against IMAGE_EXTENSIONS (i.e. whether training would pick the file up at all).
+# against IMAGE_EXTENSIONS (whether training picks the file up by its name or by content).
 FORMAT_EXTENSIONS = {
     "JPEG": {".jpg", ".jpeg", ".jpe", ".jfif"},
     "MPO": {".jpg", ".jpeg", ".jpe", ".mpo"},  # camera JPEGs with a second frame
@@ -98,7 +112,9 @@ def extension_problem(rel: str, image_format: str | None) -> str | None:
     dot = rel.rfind(".")
     extension = rel[dot:].lower() if dot > rel.rfind("/") else ""
     if extension not in IMAGE_EXTENSIONS:
-        return f"{image_format} image named '{extension or '(no extension)'}', which training skips"
+        named = f"{image_format} image named '{extension or '(no extension)'}'"
+        recognised = image_format in SNIFF_FORMATS or image_format == "MPO"  # MPO is sniffed as JPEG
+        return f"{named}, {'which training recognises by content' if recognised else 'which training skips'}"
     expected = FORMAT_EXTENSIONS.get(image_format or "")
     if expected is not None and extension not in expected:
         return f"{image_format} data in a '{extension}' file"

@@ -6,8 +6,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from imgcls.apps.doctor.checks import BLOCKING, PROBLEMS
+from imgcls.apps.doctor.checks import BLOCKING, DATASET_LEVEL, PROBLEMS
 from imgcls.apps.doctor.groups import Finding, class_balance, dataset_checks
+from imgcls.apps.doctor.layout import LayoutReport, layout_checks
 from imgcls.apps.doctor.scan import FileRecord, find_files, scan_files
 from imgcls.apps.doctor.deep import embed, embedding_leaks, label_errors
 from imgcls.inference.embedding import BackboneEmbedder
@@ -24,6 +25,7 @@ class DoctorReport:
     findings: list[Finding]
     balance: dict
     seconds: dict[str, float] = field(default_factory=dict)
+    dataset: LayoutReport = field(default_factory=LayoutReport)  # the layout as training reads it
 
     @property
     def flagged(self) -> list[FileRecord]:
@@ -34,8 +36,11 @@ class DoctorReport:
         return [r for r in self.records if r.problems.keys() & BLOCKING]
 
     def counts(self) -> dict[str, int]:
-        """Files per problem code, in the order of :data:`PROBLEMS` (imbalance counts classes)."""
+        """Files per problem code, in the order of :data:`PROBLEMS` (imbalance counts classes,
+        the other dataset-level codes their findings: folders, or the dataset once)."""
         found = {code: sum(code in r.problems for r in self.records) for code in PROBLEMS}
+        for finding in self.findings:
+            found[finding.code] += finding.code in DATASET_LEVEL
         found["imbalance"] = len(self.balance["minority"])  # classes, not files
         return {code: n for code, n in found.items() if n}
 
@@ -57,13 +62,15 @@ def run_doctor(data: str | Path, options: DoctorOptions | None = None, embedder=
     seconds["scan"] = time.perf_counter() - started
     started = time.perf_counter()
     findings = dataset_checks(records, options.near_distance)
+    dataset = layout_checks(Path(data), files.root, records)
+    findings = dataset.findings + findings
     balance = class_balance(records, options.imbalance_ratio)
     seconds["cross-file checks"] = time.perf_counter() - started
     if options.deep or options.label_check:
         embedder = embedder or BackboneEmbedder(options.backbone, options.pretrained, options.feature_size,
                                                 options.batch_size, options.workers, options.device)
         findings += _feature_checks(records, findings, options, seconds, embedder)
-    return DoctorReport(files.root, files.layout, options, records, findings, balance, seconds)
+    return DoctorReport(files.root, files.layout, options, records, findings, balance, seconds, dataset)
 
 
 def _feature_checks(records: list[FileRecord], findings: list[Finding], options: DoctorOptions,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jinja2 import Environment
 
-from imgcls.apps.doctor.checks import PROBLEMS
+from imgcls.apps.doctor.checks import DATASET_LEVEL, PROBLEMS
 from imgcls.apps.doctor.doctor import DoctorReport
 from imgcls.apps.doctor.report import report_dict
 from imgcls.data.images import ImageDecodeError, load_rgb
@@ -45,6 +45,14 @@ figure.flagged img { outline: 3px solid #b00020; }
 {% for code, p in data.problems.items() %}<tr><td><a href="#{{ code }}">{{ code }}</a></td><td>{{ p.count }}</td>
 <td class="{{ p.severity }}">{{ p.severity }}</td><td>{{ p.meaning }}</td></tr>{% endfor %}</table>
 {% else %}<p>No problems found.</p>{% endif %}
+{% if data.understood or layout %}<h2 id="layout">Dataset layout</h2>
+{% for line in data.understood %}<p class="note">{{ line }}</p>{% endfor %}
+{% if layout %}<table><tr><th>code</th><th>severity</th><th>where</th><th>detail</th></tr>
+{% for f in layout %}<tr><td>{{ f.code }}</td><td class="{{ f.severity }}">{{ f.severity }}</td><td>{{ f.where }}</td>
+<td>{{ f.detail }}</td></tr>{% endfor %}</table>{% endif %}
+{% if data.unused %}<details><summary>{{ data.unused|length }} files or folders training does not use</summary>
+<table>{% for u in data.unused[:max_rows] %}<tr><td>{{ u.path }}</td><td>{{ u.reason }}</td></tr>{% endfor %}</table>
+</details>{% endif %}{% endif %}
 <h2 id="imbalance">Class balance (train)</h2>
 {% if train_counts %}<p>largest / smallest = {{ "%.1f"|format(data.balance.ratio or 0) }}{% if data.balance.imbalanced %}
 <span class="warning">: imbalanced, consider <code>imgcls train --balance weights</code></span>{% endif %}</p>
@@ -76,6 +84,9 @@ def write_html(report: DoctorReport, path: Path) -> Path:
         sections=[_section(report, code, title, note, thumbs) for code, title, note in GROUP_SECTIONS
                   if any(f.code == code for f in report.findings)],
         tables=_tables(report, thumbs),
+        layout=[{"code": f.code, "severity": PROBLEMS[f.code].severity, "where": ", ".join(f.files), "detail": f.detail}
+                for f in report.findings if f.code in DATASET_LEVEL],
+        max_rows=MAX_PER_SECTION,
     )
     path.write_text(page)
     return path

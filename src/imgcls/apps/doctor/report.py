@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from imgcls.apps.doctor.checks import BLOCKING, PROBLEMS
+from imgcls.apps.doctor.checks import BLOCKING, DATASET_LEVEL, ERROR, INFO, PROBLEMS
 from imgcls.apps.doctor.doctor import DoctorReport
 
 OVERVIEW_COLUMNS = ["path", "split", "class", "format", "width", "height", "mode", "bytes", "content_hash",
@@ -38,6 +38,8 @@ def report_dict(report: DoctorReport) -> dict:
         "blocking_files": len(report.blocking),
         "balance": _json_safe(report.balance),
         "findings": [f.to_dict() for f in report.findings],
+        "understood": report.dataset.understood,
+        "unused": [{"path": _rel(u.path, report.root), "reason": u.reason} for u in report.dataset.unused],
         "flagged": [{"path": r.rel, "split": r.split, "class": r.label, "problems": r.problems}
                     for r in report.flagged],
     }
@@ -76,6 +78,7 @@ def summary(report: DoctorReport, shown: int = 20) -> str:
     sizes = ", ".join(f"{split} {sum(c.values()):,}" for split, c in splits.items())
     lines = [f"{report.root}: {report.layout}; {len(report.balance['classes'])} classes; {sizes} images; "
              f"{len(report.records):,} files checked in {sum(report.seconds.values()):.1f}s"]
+    lines += [f"  {line}" for line in report.dataset.understood]
     counts = report.counts()
     if counts:
         lines.append("\nproblem                files  severity meaning")
@@ -83,8 +86,10 @@ def summary(report: DoctorReport, shown: int = 20) -> str:
             problem = PROBLEMS[code]
             count = f"{n} cls" if code == "imbalance" else str(n)  # imbalance counts minority classes
             lines.append(f"  {code:<20} {count:>5}  {problem.severity:<8} {problem.meaning}")
-    else:
+    if not any(PROBLEMS[code].severity != INFO for code in counts):
         lines.append("\nno problems found")
+    refusals = [f.detail for f in report.findings if f.code in DATASET_LEVEL and PROBLEMS[f.code].severity == ERROR]
+    lines += [f"\ntraining refuses this dataset: {refusals[0]}"] if refusals else []
     lines += _balance_lines(report.balance)
     flagged = report.flagged
     if flagged:
@@ -109,3 +114,7 @@ def blocking_note(report: DoctorReport) -> str:
     n = len(report.blocking)
     codes = sorted({c for r in report.blocking for c in r.problems if c in BLOCKING})
     return f"{n} file(s) with blocking problems ({', '.join(codes)})" if n else "no files with blocking problems"
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
