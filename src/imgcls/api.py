@@ -60,14 +60,16 @@ def train(data: str | Path | None = None, *, config: RunConfig | str | Path | No
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 finishes alone
         return result
     classifier = load(result.best_checkpoint)
-    raw_val = _reusable_val_predictions(classifier, result)
-    classifier, raw_val = fit_on_validation(classifier, raw_val)
+    plain_val = _reusable_val_predictions(classifier, result)
+    classifier, raw_val = fit_on_validation(classifier, plain_val)
     if evaluate:
         splits = [split for split in ("val", "test") if split in result.splits]
         for split in splits:
             # The report covers the split `imgcls eval` defaults to: test when there is one.
             with_report = split == splits[-1] and run_config.train.report
-            evaluation = evaluate_set(classifier, None, split, raw=raw_val if split == "val" else None)
+            val = split == "val"
+            evaluation = evaluate_set(classifier, None, split, raw=raw_val if val else None,
+                                      plain_raw=plain_val if val else None)
             if with_report:
                 evaluation.metrics["files"]["report"] = str(write_report(classifier, evaluation,
                                                                          result.run_dir / "report.html"))
@@ -91,12 +93,19 @@ def _reusable_val_predictions(classifier: Classifier, result: TrainResult) -> Pr
     return best if [str(s.path) for s in samples] == [str(p) for p in result.val_paths] else None
 
 
-def fit_on_validation(classifier: Classifier, raw_val: Predictions | None = None, batch_size: int = 64,
+def fit_on_validation(classifier: Classifier, plain_val: Predictions | None = None, batch_size: int = 64,
                       workers: int | None = None) -> tuple[Classifier, Predictions | None]:
-    """Fit the temperature, then the unknown rule the run asks for, on the run's val split;
-    store both in the model file's card (the one place fitted values are applied) and return
-    the updated classifier and the temperature-1 val predictions (None when the run's val
-    images cannot be read any more: the stored values are then kept)."""
+    """Fit the temperature, then the unknown rule the run asks for, on the run's val split,
+    through the test-time augmentation the run asks for; store them and the TTA mode in the
+    model file's card (the one place fitted values are applied) and return the updated
+    classifier and its temperature-1 val predictions (None when the run's val images
+    cannot be read any more: the stored values are then kept).
+
+    ``plain_val``: val predictions of the model without TTA at temperature 1, if at hand.
+    """
+    tta = classifier.config.train.tta
+    classifier = classifier.with_tta(tta)
+    raw_val = plain_val if tta == "none" else None  # plain logits cannot stand in for TTA ones
     try:
         _, samples = load_split(None, classifier.config, "val")
     except (DatasetError, OSError) as err:
@@ -109,7 +118,7 @@ def fit_on_validation(classifier: Classifier, raw_val: Predictions | None = None
     calibration = fit_calibration(raw_val)
     temperature = calibration["temperature"]
     unknown = fit_unknown_setting(classifier.config.train, at_temperature(raw_val, temperature), temperature)
-    changes = {"temperature": temperature, "calibration": calibration, "unknown": unknown}
+    changes = {"temperature": temperature, "calibration": calibration, "unknown": unknown, "tta": tta}
     try:
         card = artifact.update_card(classifier.source, **changes)
     except OSError as err:  # a read-only model file still gets a report; the values are used in memory

@@ -29,6 +29,7 @@ SCHEDULERS = ("cosine", "plateau", "none")
 BALANCE_MODES = ("none", "weights", "sampler", "oversample", "undersample")
 FINETUNE_MODES = ("auto", "always", "never")
 UNKNOWN_SCORES = ("msp", "energy")
+TTA_MODES = ("none", "flip", "flip+crops")
 FREEZE_PATTERN = r"none|backbone|half|all-but-last:(\d+)"
 HEAD_PATTERN = r"linear|mlp:\d+(,\d+)*"
 MONITOR_PATTERN = r"(train|val)_(loss|acc)|val_top\d+|val_coarse_(loss|acc)|val_consistency"
@@ -111,7 +112,8 @@ class TrainConfig:
     finetune_below: float = _opt(0.95, "--finetune auto: fine-tune when the head's clean train top-1 is below this",
                                  low=0.0)
     optimizer: str = _opt("adamw", "adamw | adam | sgd", choices=OPTIMIZERS)
-    lr: float = _opt(1e-3, "learning rate of the head", low=0.0, open_low=True)
+    lr: str | float = _opt(1e-3, "learning rate of the head; auto: the LR range test's suggestion (imgcls lr-find)",
+                           low=0.0, open_low=True, pattern=r"auto|[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
     backbone_lr: float | None = _opt(None, "learning rate of the backbone (default: lr / 10 for a pretrained "
                                                          "backbone, lr from scratch)", low=0.0)
     weight_decay: float = _opt(0.01, "decoupled weight decay (not applied to biases and norms)", low=0.0)
@@ -145,6 +147,14 @@ class TrainConfig:
     feature_views: int = _opt(1, "cached feature views per train image: 1 = the clean eval view, K = K augmented "
                                  "views used in turn", low=1)
     early_stopping: int | None = _opt(None, "stop after this many epochs without improvement", low=1)
+    time_limit: float | None = _opt(None, "time budget in minutes: the run measures its step time and plans its "
+                                          "epochs so the whole schedule ends within it", low=0.0, open_low=True)
+    ema: bool = _opt(False, "keep an exponential moving average of the weights (timm ModelEmaV3); validation "
+                            "and best.safetensors use it")
+    ema_decay: float = _opt(0.999, "EMA decay per optimiser step (warmed up: small steps start faster)",
+                            low=0.0, high=1.0, open_high=True)
+    tta: str = _opt("none", "test-time augmentation stored with the model and used by eval, predict and serve: "
+                            "none | flip | flip+crops (logits averaged over the views)", choices=TTA_MODES)
     grad_clip: float | None = _opt(None, "clip the gradient norm to this value", low=0.0, open_low=True)
     amp: bool = _opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
     topk: int = _opt(3, "k of the top-k accuracy", low=1)
@@ -316,6 +326,11 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         if type(None) in options:
             return None
         raise ConfigError(f"config '{key}' must not be empty")
+    if float in options and str in options and isinstance(value, str):
+        try:  # "number or word" options (--lr auto, --unknown-threshold auto): a number stays a number
+            return float(value)
+        except ValueError:
+            return value
     for option in options:
         if option is type(None):
             continue
