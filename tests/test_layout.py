@@ -10,7 +10,7 @@ import json
 import shutil
 
 import pytest
-from conftest import COLOURS, make_class_folders, make_image
+from conftest import COLOURS, make_class_folders, make_image, shared_dataset
 from PIL import Image, ImageFile
 
 from imgcls.apps.doctor import DoctorOptions, run_doctor
@@ -313,3 +313,17 @@ def test_images_are_found_by_content_and_every_other_file_has_a_reason(tmp_path)
     assert {"download", "leaf.webp", "SKY.JPEG", "scan.dat"} <= used and len(used) == 13
     assert [(u.path.relative_to(root).as_posix(), u.reason) for u in data.unused] == [
         ("blue/.hidden.jpg", "hidden"), ("notes.md", "not in a class folder"), ("red/labels.txt", "not an image")]
+
+
+def test_real_datasets_under_the_names_people_give_their_splits(tmp_path):
+    hymenoptera = shared_dataset("hymenoptera")
+    renamed = tmp_path / "hymenoptera"
+    renamed.mkdir()
+    (renamed / "Training").symlink_to(hymenoptera / "train", target_is_directory=True)
+    (renamed / "Validation").symlink_to(hymenoptera / "val", target_is_directory=True)
+    data = discover(renamed)
+    # ../shared/datasets/README.md: train/{ants,bees} 245 photos, val/{ants,bees} 153 photos
+    assert (data.classes, len(data.splits["train"]), len(data.splits["val"])) == (["ants", "bees"], 245, 153)
+    assert data.unused == []
+    digits = discover(shared_dataset("sign-digits"))  # upper-case .JPG, no split: 2,062 photos
+    assert len(digits.splits["train"]) + len(digits.splits["val"]) == 2062 and digits.unused == []
