@@ -13,6 +13,7 @@ from PIL import Image
 from run_files import card, state, weights
 
 import imgcls
+from imgcls.cli import main
 from imgcls.config import RunConfig
 from imgcls.inference.tta import TtaBackend, tta_views
 from imgcls.training import loop
@@ -165,6 +166,15 @@ def test_lr_auto_applies_the_suggestion_and_records_the_test(flat_dataset, tmp_p
     assert len(found["lrs"]) == len(found["losses"]) > 10
     rows = state(result.run_dir).history
     assert rows[0]["lr"] <= applied * 1.0001  # the head trained at the suggested rate (cosine from it)
+
+
+def test_lr_find_command_writes_the_test_and_its_plot(flat_dataset, tmp_path, capsys):
+    assert main(["lr-find", str(flat_dataset), "--model", "test_efficientnet", "--no-pretrained", "--image-size",
+                 "32", "--workers", "0", "--out-dir", str(tmp_path), "--phase", "finetune", "--steps", "8"]) == 0
+    printed = capsys.readouterr().out
+    found = json.loads(next(tmp_path.rglob("lr_find.json")).read_text())
+    assert f"suggested learning rate: {found['suggestion']:.3g}" in printed and not found["applied"]
+    assert next(tmp_path.rglob("lr_find.png")).stat().st_size > 1000 and len(found["lrs"]) == 8
 
 
 # --------------------------------------------------------------------------

@@ -20,9 +20,10 @@ from imgcls.deploy.export import export_checkpoint
 from imgcls.deploy.serve import ServeSettings as ServeSettingsFromDeploy
 from imgcls.evaluation.explain import explain_files
 from imgcls.evaluation.leaderboard import KEYS, leaderboard
-from imgcls.options import (COMMANDS, AugmentPreviewCommand, Cifar100Command, ConvertCommand, DemoCommand,
-                            DoctorCommand, DoctorOptions, EvalCommand, ExplainCommand, ExportCommand, PredictCommand,
-                            ReportCommand, RunsCommand, ServeCommand, ServeSettings, TrainCommand)
+from imgcls.options import (COMMANDS, AugmentPreviewCommand, Cifar100Command, ConvertCommand, CvCommand, DemoCommand,
+                            DoctorCommand, DoctorOptions, EvalCommand, ExplainCommand, ExportCommand, LrFindCommand,
+                            PredictCommand, RecipeCommand, ReportCommand, RunsCommand, ServeCommand, ServeSettings,
+                            TrainCommand, TuneCommand)
 
 
 def _subparsers(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
@@ -68,7 +69,11 @@ def test_every_subcommand_has_exactly_the_flags_of_its_dataclass():
     parsers = _subparsers(build_parser())
     assert set(parsers) == set(COMMANDS)
     for name, cls in COMMANDS.items():
-        expected = _declared(cls) | (_declared(RunConfig) if name == "train" else set())
+        run_flags = set()
+        if issubclass(cls, RecipeCommand):  # commands that train take every train flag
+            skipped = {"--" + key.rpartition(".")[2].replace("_", "-") for key in cls.run_flags_skipped}
+            run_flags = _declared(RunConfig) - skipped
+        expected = _declared(cls) | run_flags
         assert _arguments(parsers[name]) == expected, name
     # train's own arguments stay; switches have no --no- form, settings that default to on have one
     assert {"--config", "--recipe", "--resume", "data", "--lr", "--no-amp", "--train"} <= _arguments(parsers["train"])
@@ -91,6 +96,9 @@ MINIMAL = {
     "demo": ([], set(), DemoCommand()),
     "export": (["RUN"], {"checkpoint"}, ExportCommand(checkpoint="RUN")),
     "serve": (["RUN"], {"settings.model"}, ServeCommand(settings=ServeSettings(model="RUN"))),
+    "cv": (["D"], {"data"}, CvCommand(data="D")),
+    "tune": (["D"], {"data"}, TuneCommand(data="D")),
+    "lr-find": (["D"], {"data"}, LrFindCommand(data="D")),
 }
 
 

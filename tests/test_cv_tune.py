@@ -56,8 +56,14 @@ def test_cross_validation_trains_every_fold_and_predicts_every_image_once(tmp_pa
     assert summary["mean_std"]["val"]["top1"]["std"] == pytest.approx(statistics.stdev(top1))
     assert summary["out_of_fold"]["n"] == 27
     assert "fold-1" in (result.folder / "cv.html").read_text()
-    names = {row["name"] for row in leaderboard(tmp_path / "runs")}
-    assert {"fold-1", "fold-2", "fold-3"} <= names
+    board = {row["name"]: row for row in leaderboard(tmp_path / "runs")}
+    assert {"fold-1", "fold-2", "fold-3"} <= set(board) and board["fold-1"]["options"] == "cv cv"
+    aggregate = board["cv (3-fold mean)"]
+    assert aggregate["val_top1"] == pytest.approx(summary["mean_std"]["val"]["top1"]["mean"])
+    # The doctor's label check takes the out-of-fold probabilities instead of fitting a probe.
+    assert main(["doctor", str(data), "--label-check", "--cv", str(result.folder), "--out", str(tmp_path / "dr")]) == 0
+    report = json.loads((tmp_path / "dr" / "doctor.json").read_text())
+    assert "label check" in report["seconds"] and "features" not in report["seconds"]
 
 
 def test_search_space_is_checked_before_any_trial():

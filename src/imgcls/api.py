@@ -130,7 +130,7 @@ def fit_on_validation(classifier: Classifier, plain_val: Predictions | None = No
 def evaluate(model: Classifier | str | Path, data: str | Path | None = None, split: str | None = None,
              out_dir: str | Path | None = None, batch_size: int = EvalCommand.batch_size, workers: int | None = None,
              report: bool | str | Path = False, unknown: str | Path | None = None,
-             device: str = EvalCommand.device) -> dict:
+             device: str = EvalCommand.device, tta: str | None = None) -> dict:
     """Full metrics of ``model`` (a classifier or a path for :func:`load`) on one evaluation
     set; writes ``eval.json`` and CSVs (see :mod:`imgcls.evaluation.evaluate` for which set
     and where). ``report``: also write the HTML report (True: ``report.html`` beside
@@ -138,6 +138,8 @@ def evaluate(model: Classifier | str | Path, data: str | Path | None = None, spl
     calibrated on its run's val split. Returns the metrics (``files`` lists what was written).
     """
     classifier = model if isinstance(model, Classifier) else load(model, device=device)
+    if tta is not None:
+        classifier = classifier.with_tta(tta)
     if classifier.backend.name != "pytorch":
         report = False  # Grad-CAM and the size table need the PyTorch network
     if report and classifier.card.calibration is None and classifier.run_dir is not None:

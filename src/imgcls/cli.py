@@ -22,12 +22,16 @@ from imgcls.apps import doctor
 from imgcls.apps.augment_preview import augment_preview
 from imgcls.apps.cifar100 import convert_cifar100
 from imgcls.apps.convert import convert_legacy
+from imgcls.apps.cv import cross_validate
 from imgcls.apps.demo import run_demo
+from imgcls.apps.tune import load_space, tune
 from imgcls.apps.doctor.report import blocking_note, summary
 from imgcls.config import ConfigError, DataConfig, RunConfig
 from imgcls.deploy.export import export_checkpoint
 from imgcls.deploy.serve import serve
 from imgcls.errors import UserError
+from imgcls.evaluation import figures
+from imgcls.evaluation.figures import figure_bytes
 from imgcls.evaluation.explain import explain_files
 from imgcls.evaluation.leaderboard import format_table, leaderboard, write_csv, write_markdown
 from imgcls.evaluation.openset import format_openset_lines
@@ -35,9 +39,11 @@ from imgcls.inference.rows import write_predictions_csv
 from imgcls.metrics.classification import format_metrics_table
 from imgcls.metrics.hierarchy import format_hierarchy_lines
 from imgcls.options import (COMMANDS, PREVIEW_IMAGE_SIZE, AugmentPreviewCommand, Cifar100Command, ConvertCommand,
-                            DemoCommand, DoctorCommand, EvalCommand, ExplainCommand, ExportCommand, PredictCommand,
-                            ReportCommand, RunsCommand, ServeCommand, TrainCommand)
+                            CvCommand, DemoCommand, DoctorCommand, EvalCommand, ExplainCommand, ExportCommand,
+                            LrFindCommand, PredictCommand, RecipeCommand, ReportCommand, RunsCommand, ServeCommand,
+                            TrainCommand, TuneCommand)
 from imgcls.training import distributed
+from imgcls.training.loop import DEFAULT_LR, find_lr
 
 # ValueError too: option checks (--freeze, --optimizer, ...) raise it with a message that
 # names the flag and the accepted values.
@@ -63,6 +69,9 @@ COMMAND_HELP = {
     "demo": "train, evaluate and predict on the bundled sample dataset",
     "export": "export a checkpoint to ONNX, checked against PyTorch",
     "serve": "HTTP prediction server with an upload page",
+    "cv": "k-fold cross-validation: one run per fold, out-of-fold predictions, mean and std of every metric",
+    "tune": "hyperparameter search with Optuna (TPE, median pruning); resumable; writes the best recipe",
+    "lr-find": "LR range test: a suggested learning rate and its plot",
 }
 
 
@@ -72,7 +81,7 @@ def _value_type(kind: Any) -> Any:
     return [t for t in options if t is not type(None)][0]
 
 
-def _add_option_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+def _add_option_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip: tuple = ()) -> None:
     """One argument per option of the dataclass ``cls``; a nested dataclass is a section whose
     options become flags too, with the destination ``section.name``.
 
@@ -83,7 +92,9 @@ def _add_option_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = 
     for f in dataclasses.fields(cls):
         dest, kind, meta = prefix + f.name, hints[f.name], f.metadata
         if dataclasses.is_dataclass(kind):
-            _add_option_flags(parser, kind, dest + ".")
+            _add_option_flags(parser, kind, dest + ".", skip)
+            continue
+        if dest in skip:
             continue
         if meta.get("cli") is False or "help" not in meta:
             continue
@@ -142,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         command = (groups[group] if group else sub).add_parser(leaf, help=COMMAND_HELP[name])
         command.set_defaults(subcommand=name)
         _add_option_flags(command, cls)
-        if cls is TrainCommand:
-            _add_option_flags(command, RunConfig)
+        if issubclass(cls, RecipeCommand):
+            _add_option_flags(command, RunConfig, skip=cls.run_flags_skipped)
     return parser
 
 
@@ -158,12 +169,13 @@ def _resolve_recipe(name: str) -> Path:
     raise ConfigError(f"--recipe {name}: no such recipe (known: {known})")
 
 
-def _train_config(args: argparse.Namespace, command: TrainCommand | None = None) -> tuple[RunConfig, dict]:
+def _train_config(args: argparse.Namespace, command: RecipeCommand | None = None) -> tuple[RunConfig, dict]:
     """The run's config: defaults < ``--config``/``--recipe`` (or the resumed run's) < flags."""
     command = command or _options(TrainCommand, args)
     overrides = {k: v for k, v in vars(args).items() if "." in k or k in ("name", "out_dir")}
-    if command.resume:
-        base = RunConfig.load(Path(command.resume) / "config.yaml")
+    resume = getattr(command, "resume", None)
+    if resume:
+        base = RunConfig.load(Path(resume) / "config.yaml")
     elif command.config:
         base = RunConfig.load(command.config)
     elif command.recipe:
@@ -173,7 +185,7 @@ def _train_config(args: argparse.Namespace, command: TrainCommand | None = None)
     if command.data:
         overrides["data.path"] = command.data
     config = base.with_overrides(overrides)
-    if not command.resume and not config.data.path and not config.data.train_dirs:
+    if not resume and not config.data.path and not config.data.train_dirs:
         raise ConfigError("give a dataset: imgcls train DATA (or --train DIR)")
     return config, overrides
 
@@ -203,7 +215,7 @@ def _print_outputs(result) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     o = _options(EvalCommand, args)
     metrics = api.evaluate(o.checkpoint, o.data, split=o.split, out_dir=o.out, batch_size=o.batch_size,
-                           report=o.report, unknown=o.unknown, device=o.device)
+                           report=o.report, unknown=o.unknown, device=o.device, tta=o.tta)
     print(format_metrics_table(metrics))
     if "coarse" in metrics:
         print("\n" + "\n".join(format_hierarchy_lines(metrics)))
@@ -255,6 +267,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if o.unknown_threshold is not None or o.unknown_score is not None:
         threshold = classifier.unknown.threshold if o.unknown_threshold is None else o.unknown_threshold
         classifier = classifier.with_unknown_rule(classifier.unknown.replaced(threshold, o.unknown_score))
+    if o.tta is not None:
+        classifier = classifier.with_tta(o.tta)
     rows = classifier.predict(o.paths, topk=o.topk, batch_size=o.batch_size, workers=None)
     out = write_predictions_csv(rows, o.out, o.topk)
     errors = [r for r in rows if r["error"]]
@@ -329,6 +343,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    o = _options(CvCommand, args)
+    config, _ = _train_config(args, o)
+    result = cross_validate(config, o.folds)
+    summary = result.summary
+    for split, aggregate in summary["mean_std"].items():
+        per_fold = "  ".join(f"{fold[split]['top1']:.4f}" for fold in summary["per_fold"] if split in fold)
+        print(f"{split:5s} top-1 per fold: {per_fold}   mean {aggregate['top1']['mean']:.4f} "
+              f"± {aggregate['top1']['std']:.4f}   macro-F1 {aggregate['f1_macro']['mean']:.4f} "
+              f"± {aggregate['f1_macro']['std']:.4f}")
+    pooled = summary["out_of_fold"]
+    print(f"out-of-fold ({summary['images']} images): top-1 {pooled['top1']:.4f}, macro-F1 {pooled['f1_macro']:.4f}")
+    print(f"\ncv folder: {result.folder} (folds.csv, oof_predictions.csv, cv.json, cv.html; fold runs fold-1..)")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    o = _options(TuneCommand, args)
+    config, _ = _train_config(args, o)
+    result = tune(config, o.trials, load_space(o.space), o.time_limit, o.study)
+    print(f"\n{result.trials} finished trials in {result.folder / 'study.db'}")
+    print(f"best {config.train.monitor} {result.best_value:.4f} with {result.best_params}")
+    print(f"best configuration: {result.best_recipe} (imgcls train DATA --recipe {result.best_recipe})")
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    o = _options(LrFindCommand, args)
+    config, _ = _train_config(args, o)
+    if config.train.lr == "auto":
+        config.train.lr = DEFAULT_LR  # the range test does not need a rate to start from
+    test, run_dir = find_lr(config, o.phase, o.steps)
+    plot = run_dir / "lr_find.png"
+    plot.write_bytes(figure_bytes(figures.lr_range_test(test.to_dict())))
+    print(f"suggested learning rate: {test.suggestion:.3g} ({test.rule}; {test.phase} phase, {len(test.lrs)} steps, "
+          f"{test.stopped})")
+    print(f"written: {run_dir / 'lr_find.json'}, {plot}; train with --lr {test.suggestion:.3g} (or --lr auto)")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     o = _options(ConvertCommand, args)
     for line in convert_legacy(Path(o.checkpoint)):
@@ -339,7 +393,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 HANDLERS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "data cifar100": cmd_data,
             "report": cmd_report, "explain": cmd_explain, "runs": cmd_runs, "doctor": cmd_doctor,
             "augment-preview": cmd_augment_preview, "convert": cmd_convert, "demo": cmd_demo, "export": cmd_export,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "cv": cmd_cv, "tune": cmd_tune, "lr-find": cmd_lr_find}
 
 
 def main(argv: list[str] | None = None) -> int:

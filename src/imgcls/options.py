@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
-from imgcls.config import (AUGMENT_PRESETS, DEVICE_PATTERN, UNKNOWN_SCORES, DataConfig, RunConfig, _opt, build,
-                           check_fields)
+from imgcls.config import (AUGMENT_PRESETS, DEVICE_PATTERN, TTA_MODES, UNKNOWN_SCORES, DataConfig, RunConfig, _opt,
+                           build, check_fields)
 
 SPLITS = ("train", "val", "test", "all")
 EXPORT_FORMATS = ("onnx",)
@@ -25,7 +25,7 @@ INT8_MODES = ("static", "dynamic")
 # The columns of `imgcls runs` (imgcls.evaluation.leaderboard.KEYS, which sits above this
 # layer; a test keeps the two equal).
 LEADERBOARD_KEYS = ("name", "model", "lr", "epochs", "train_acc", "val_top1", "topk", "val_topk", "val_f1_macro",
-                    "params_m", "mb", "wall_s")
+                    "params_m", "mb", "wall_s", "options")
 THRESHOLD_OVERRIDE_PATTERN = r"none|off|[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"
 PREVIEW_IMAGE_SIZE = 224  # augment-preview without a recipe: the common ImageNet training size
 
@@ -55,14 +55,50 @@ def _model(help: str = "run folder, .safetensors model file or exported .onnx fi
 
 
 @dataclass
-class TrainCommand(CommandOptions):
-    """``imgcls train``'s own arguments; its settings are the flags of :class:`RunConfig`."""
+class RecipeCommand(CommandOptions):
+    """A command that trains: a dataset and where its settings start from; the settings
+    themselves are the flags of :class:`RunConfig` (its ``run_flags_skipped`` excepted)."""
 
+    run_flags_skipped = ()  # RunConfig flags this command declares differently
     data: str | None = _opt(None, "dataset folder (class folders, or train/ val/ test/) or CSV manifest",
                             positional=True)
     config: str | None = _opt(None, "YAML config to start from (e.g. a run's config.yaml)")
     recipe: str | None = _opt(None, "named recipe from recipes/ or a YAML path")
-    resume: str | None = _opt(None, "continue the run in this folder from its last.pt", metavar="RUN")
+
+
+@dataclass
+class TrainCommand(RecipeCommand):
+    """``imgcls train``'s own arguments; its settings are the flags of :class:`RunConfig`."""
+
+    resume: str | None = _opt(None, "continue the run in this folder from its last.safetensors", metavar="RUN")
+
+
+@dataclass
+class CvCommand(RecipeCommand):
+    """``imgcls cv``: k-fold cross-validation of one training recipe."""
+
+    folds: int = _opt(5, "number of stratified folds", low=2)
+
+
+@dataclass
+class TuneCommand(RecipeCommand):
+    """``imgcls tune``: an Optuna search; every trial is a run of the recipe with sampled settings."""
+
+    run_flags_skipped = ("train.time_limit",)  # --time-limit is the whole study's budget here
+    trials: int = _opt(20, "finished trials the study should hold (an interrupted study continues)", low=1)
+    time_limit: float | None = _opt(None, "minutes the search may run in all (no new trial starts after it)",
+                                    low=0.0, open_low=True)
+    space: str | None = _opt(None, "YAML search space replacing the default one (docs/tuning.md)", metavar="FILE")
+    study: str | None = _opt(None, "study folder name under --out-dir (default: --name, else tune-<model>)")
+
+
+@dataclass
+class LrFindCommand(RecipeCommand):
+    """``imgcls lr-find``: the LR range test on the run the flags describe."""
+
+    phase: str = _opt("auto", "auto | head (on cached features) | finetune (image batches)",
+                      choices=("auto", "head", "finetune"))
+    steps: int | None = _opt(None, "updates of the test (default: 100 head, 30 fine-tuning)", low=2)
 
 
 @dataclass
@@ -84,6 +120,8 @@ class EvalCommand(SplitCommand):
     out: str | None = _opt(None, "folder for eval.json and CSVs (default: <run>/eval-<split> for the run's own data, "
                                  "<run>/eval-on-<data>[-<split>] for other data)")
     report: bool = _opt(True, "also write report.html beside eval.json (not for .onnx files)")
+    tta: str | None = _opt(None, "test-time augmentation for this evaluation: none | flip | flip+crops "
+                                 "(default: the model's own)", choices=TTA_MODES)
     unknown: str | None = _opt(None, "out-of-distribution images for open-set AUROC / FPR@95%TPR (default: the "
                                      "split's unknown/ folder, e.g. DATA/test/unknown/)", metavar="DIR")
 
@@ -111,6 +149,8 @@ class PredictCommand(CommandOptions):
                                          pattern=THRESHOLD_OVERRIDE_PATTERN)
     unknown_score: str | None = _opt(None, "score the threshold applies to: msp | energy (default: the "
                                            "checkpoint's, else msp)", choices=UNKNOWN_SCORES)
+    tta: str | None = _opt(None, "test-time augmentation: none | flip | flip+crops (default: the model's own)",
+                           choices=TTA_MODES)
 
 
 @dataclass
@@ -143,6 +183,8 @@ class DoctorOptions(CommandOptions):
     full: bool = _opt(False, "also decode every image at full size, as training does", switch=True)
     deep: bool = _opt(False, "also find near-duplicates by backbone-embedding cosine", switch=True)
     label_check: bool = _opt(False, "flag likely label errors (cross-validated probe)", switch=True)
+    cv: str | None = _opt(None, "--label-check: take the out-of-fold probabilities of this `imgcls cv` folder "
+                                "instead of fitting a probe", metavar="CV_FOLDER")
     min_size: int = _opt(32, "shorter side below which an image is tiny", low=1)
     near_distance: int = _opt(4, "dHash bits near-duplicates may differ in", low=0, high=64)
     deep_threshold: float = _opt(0.95, "embedding cosine of near-duplicates", low=0.0, high=1.0, open_low=True)
@@ -258,6 +300,6 @@ COMMANDS: dict[str, type] = {
     "train": TrainCommand, "eval": EvalCommand, "predict": PredictCommand, "data cifar100": Cifar100Command,
     "report": ReportCommand, "explain": ExplainCommand, "runs": RunsCommand, "doctor": DoctorCommand,
     "augment-preview": AugmentPreviewCommand, "convert": ConvertCommand, "demo": DemoCommand,
-    "export": ExportCommand, "serve": ServeCommand,
+    "export": ExportCommand, "serve": ServeCommand, "cv": CvCommand, "tune": TuneCommand, "lr-find": LrFindCommand,
 }
 

@@ -32,6 +32,11 @@ def figure_uri(fig: plt.Figure, dpi: int = 110) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def figure_bytes(uri: str) -> bytes:
+    """The PNG bytes of a ``data:image/png;base64,...`` URI (to write a figure to a file)."""
+    return base64.b64decode(uri.partition(",")[2])
+
+
 def image_uri(image: Image.Image, quality: int = 82) -> str:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=quality)
@@ -106,8 +111,10 @@ def lr_range_test(test: dict) -> str:
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
-    low, high = min(test["smoothed"]), max(test["smoothed"])
-    ax.set_ylim(low - 0.05 * (high - low + 1e-9), min(high, low + 3 * (test["smoothed"][0] - low + 1e-9)))
+    low = min(min(test["losses"]), min(test["smoothed"]))
+    start = test["smoothed"][0]
+    high = min(max(max(test["smoothed"]), start), start + 2 * (start - low) + 1e-9)  # divergence off the top
+    ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.05 * (high - low + 1e-9))
     ax.set_title(f"LR range test ({test.get('phase', 'head')} phase)", loc="left", fontsize=11, fontweight="bold")
     ax.legend(frameon=False, fontsize=8)
     return figure_uri(fig)

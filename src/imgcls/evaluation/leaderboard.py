@@ -46,6 +46,7 @@ COLUMNS = [
     Column("params_m", "params (M)", 2, higher_is_better=False),
     Column("mb", "MB", 1, higher_is_better=False),
     Column("wall_s", "wall time (s)", 0, higher_is_better=False),
+    Column("options", "options"),
 ]
 KEYS = [c.key for c in COLUMNS]
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -129,7 +130,51 @@ def run_row(run: Path) -> dict[str, Any]:
         row.update(val_top1=metrics.get("top1"), topk=metrics.get("topk", row["topk"]),
                    val_topk=metrics.get("topk_accuracy"), val_f1_macro=metrics.get("f1_macro"))
     row["params_m"], row["mb"] = _weights(run)
+    row["options"] = _options_cell(train_cfg, run)
     return row
+
+
+def _options_cell(train_cfg: dict, run: Path) -> str | None:
+    """The run's settings a reader compares runs by beyond the columns: EMA, TTA, the time
+    budget, an automatic learning rate, the cv fold or tuning trial it belongs to."""
+    notes = []
+    if train_cfg.get("ema"):
+        notes.append(f"ema {train_cfg.get('ema_decay', '')}".strip())
+    if train_cfg.get("tta") not in (None, "none"):
+        notes.append(f"tta {train_cfg['tta']}")
+    if train_cfg.get("time_limit"):
+        notes.append(f"budget {train_cfg['time_limit']:g} min")
+    if (run / "lr_find.json").is_file():
+        notes.append("lr auto")
+    if (run.parent / CV_FILE).is_file() or run.name.startswith("fold-"):
+        notes.append(f"cv {run.parent.name}")
+    if run.name.startswith("trial-") and (run.parent / "study.db").is_file():
+        notes.append(f"tune {run.parent.name}")
+    return ", ".join(notes)
+
+
+CV_FILE = "cv.json"  # written by `imgcls cv` beside its fold runs
+
+
+def cv_rows(root: Path) -> list[dict[str, Any]]:
+    """One row per `imgcls cv` folder below ``root``: the folds' mean (val = the held-out fold)."""
+    rows = []
+    for path in sorted(Path(root).rglob(CV_FILE)):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            log.warning("%s: skipped (%s)", path, err)
+            continue
+        val = summary.get("mean_std", {}).get("val", {})
+        mean = {key: value["mean"] for key, value in val.items()}
+        model = (summary.get("config") or {}).get("model", {}).get("name")
+        rows.append({"name": f"{path.parent.name} ({summary.get('folds')}-fold mean)", "model": model,
+                     "lr": _number((summary.get("config") or {}).get("train", {}).get("lr")),
+                     "epochs": None, "train_acc": None, "val_top1": mean.get("top1"), "topk": mean.get("topk"),
+                     "val_topk": mean.get("topk_accuracy"), "val_f1_macro": mean.get("f1_macro"),
+                     "params_m": None, "mb": None, "wall_s": None,
+                     "options": f"cv mean ± {val.get('top1', {}).get('std', float('nan')):.4f} (top-1 std)"})
+    return rows
 
 
 def leaderboard(root: str | Path, sort: str = RunsCommand.sort,
@@ -148,6 +193,7 @@ def leaderboard(root: str | Path, sort: str = RunsCommand.sort,
             rows.append(run_row(run))
         except (OSError, ValueError, yaml.YAMLError) as err:
             log.warning("%s: skipped (%s)", run, err)
+    rows += cv_rows(Path(root))
     descending = column.digits is not None and column.higher_is_better
     if reverse:
         descending = not descending

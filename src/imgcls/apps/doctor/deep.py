@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from imgcls.apps.cv import read_oof_probabilities
 from imgcls.apps.doctor.groups import HELD_OUT, Finding, flag_leak
 from imgcls.apps.doctor.scan import FileRecord
 from imgcls.runtime import log
@@ -84,7 +86,30 @@ def label_errors(features: Features, folds: int = 5, seed: int = 0) -> list[Find
     rows = [i for i, r in enumerate(features.records) if r.split and r.label in index]
     labels = np.array([index[features.records[i].label] for i in rows])
     probs = out_of_fold_probabilities(features.vectors[rows], labels, folds, seed)
-    from cleanlab.filter import find_label_issues
+    return _flag_label_issues([features.records[i] for i in rows], labels, probs, classes)
+
+
+def label_errors_from_cv(records: list[FileRecord], cv_folder) -> list[Finding]:
+    """Flag likely label errors with the out-of-fold probabilities of an ``imgcls cv`` run on
+    this dataset (each image scored by the fold model that never trained on it): the same
+    confident-learning rule as the probe, on the real model's predictions."""
+    paths, _, classes, probs = read_oof_probabilities(cv_folder)
+    row_of = {str(Path(p).resolve()): i for i, p in enumerate(paths)}
+    index = {c: i for i, c in enumerate(classes)}
+    chosen = [(record, row_of[key]) for record in records
+              if record.label in index and (key := str(record.path.resolve())) in row_of]
+    if len(chosen) < 2:
+        log.warning("label check skipped: %s predicts none of this dataset's images", cv_folder)
+        return []
+    labels = np.array([index[record.label] for record, _ in chosen])
+    return _flag_label_issues([record for record, _ in chosen], labels, probs[[row for _, row in chosen]], classes)
+
+
+def _flag_label_issues(records: list[FileRecord], labels: np.ndarray, probs: np.ndarray,
+                       classes: list[str]) -> list[Finding]:
+    """Confident learning (cleanlab ``find_label_issues``) over (n,) labels and (n, K) out-of-fold
+    probabilities; one ``label_error`` finding per flagged record, least likely label first."""
+    from cleanlab.filter import find_label_issues  # optional: only the label check needs it
 
     issues = find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
     findings = []
@@ -92,7 +117,7 @@ def label_errors(features: Features, folds: int = 5, seed: int = 0) -> list[Find
         suggested = int(probs[k].argmax())
         if suggested == labels[k]:
             continue
-        record = features.records[rows[k]]
+        record = records[k]
         given_p, suggested_p = float(probs[k, labels[k]]), float(probs[k, suggested])
         record.flag("label_error", f"labelled {record.label} (p={given_p:.2f}); looks like "
                                    f"{classes[suggested]} (p={suggested_p:.2f})")

@@ -10,7 +10,7 @@ from imgcls.apps.doctor.checks import BLOCKING, DATASET_LEVEL, PROBLEMS
 from imgcls.apps.doctor.groups import Finding, class_balance, dataset_checks
 from imgcls.apps.doctor.layout import LayoutReport, layout_checks
 from imgcls.apps.doctor.scan import FileRecord, find_files, scan_files
-from imgcls.apps.doctor.deep import embed, embedding_leaks, label_errors
+from imgcls.apps.doctor.deep import embed, embedding_leaks, label_errors, label_errors_from_cv
 from imgcls.inference.embedding import BackboneEmbedder
 from imgcls.options import DoctorOptions  # declared with the CLI's other options; imported from here too
 from imgcls.runtime import log
@@ -66,7 +66,11 @@ def run_doctor(data: str | Path, options: DoctorOptions | None = None, embedder=
     findings = dataset.findings + findings
     balance = class_balance(records, options.imbalance_ratio)
     seconds["cross-file checks"] = time.perf_counter() - started
-    if options.deep or options.label_check:
+    if options.label_check and options.cv:
+        started = time.perf_counter()
+        findings += label_errors_from_cv(records, options.cv)
+        seconds["label check"] = time.perf_counter() - started
+    if options.deep or (options.label_check and not options.cv):
         embedder = embedder or BackboneEmbedder(options.backbone, options.pretrained, options.feature_size,
                                                 options.batch_size, options.workers, options.device)
         findings += _feature_checks(records, findings, options, seconds, embedder)
@@ -86,7 +90,7 @@ def _feature_checks(records: list[FileRecord], findings: list[Finding], options:
     if options.deep:
         known = {(f.files[1], f.files[0]) for f in findings if f.code == "leak"}
         new += embedding_leaks(features, options.deep_threshold, known)
-    if options.label_check:
+    if options.label_check and not options.cv:
         started = time.perf_counter()
         new += label_errors(features, options.folds)
         seconds["label check"] = time.perf_counter() - started
