@@ -49,3 +49,10 @@ def test_a_split_flag_on_a_folder_evaluated_whole_is_an_error(run, tmp_path, cap
     assert main(["eval", str(run.run_dir), str(flat), "--split", "val"]) == 2
     err = capsys.readouterr().err
     assert "evaluated whole" in err and err.count("\n") == 1
+
+
+def test_a_set_of_one_image_is_evaluated(run, tmp_path):
+    # A one-element mask once read as the index 1 (IndexError) in the loss at the temperature.
+    single = make_class_folders(tmp_path / "single", per_class=1, classes={"red": (200, 40, 40)})
+    metrics = imgcls.evaluate(run.run_dir, single, out_dir=tmp_path / "ev", device="cpu")
+    assert metrics["n"] == 1 and metrics["loss"] > 0 and metrics["absent_classes"] == ["blue", "green"]
