@@ -24,6 +24,7 @@ from imgcls.apps.cifar100 import convert_cifar100
 from imgcls.apps.convert import convert_legacy
 from imgcls.apps.cv import cross_validate
 from imgcls.apps.demo import run_demo
+from imgcls.apps.shards import write_shards
 from imgcls.apps.tune import load_space, tune
 from imgcls.apps.doctor.report import blocking_note, summary
 from imgcls.config import ConfigError, DataConfig, RunConfig
@@ -41,7 +42,7 @@ from imgcls.metrics.hierarchy import format_hierarchy_lines
 from imgcls.options import (COMMANDS, PREVIEW_IMAGE_SIZE, AugmentPreviewCommand, Cifar100Command, ConvertCommand,
                             CvCommand, DemoCommand, DoctorCommand, EvalCommand, ExplainCommand, ExportCommand,
                             LrFindCommand, PredictCommand, RecipeCommand, ReportCommand, RunsCommand, ServeCommand,
-                            TrainCommand, TuneCommand)
+                            ToShardsCommand, TrainCommand, TuneCommand)
 from imgcls.training import distributed
 from imgcls.training.loop import DEFAULT_LR, find_lr
 
@@ -57,6 +58,8 @@ COMMAND_HELP = {
     "predict": "predict files and folders to CSV",
     "data": "prepare public datasets as class folders",
     "data cifar100": "CIFAR-100 python archive -> DIR/{train,test}/<fine>/*.png + hierarchy.csv (fine,coarse)",
+    "data to-shards": "a dataset -> WebDataset tar shards DIR/{train,val,test}-NNNNNN.tar + _info.json "
+                      "(train with imgcls train wds:DIR)",
     "report": "self-contained HTML report of a run: metrics, curves, calibration, hardest images with Grad-CAM, "
               "model size",
     "explain": "Grad-CAM overlays (PNG) for the top-k classes of images",
@@ -291,6 +294,16 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_to_shards(args: argparse.Namespace) -> int:
+    o = _options(ToShardsCommand, args)
+    result = write_shards(o.data, o.out, shard_size=o.shard_size, val_fraction=o.val_fraction,
+                          split_seed=o.split_seed, seed=o.seed)
+    written = ", ".join(f"{split} {n} images in {result.shards[split]} shard(s)" for split, n in result.counts.items())
+    print(f"{written}; {len(result.classes)} classes -> {result.out} (_info.json beside the shards)")
+    print(f"train with: imgcls train wds:{result.out}")
+    return 0
+
+
 def cmd_augment_preview(args: argparse.Namespace) -> int:
     o = _options(AugmentPreviewCommand, args)
     data = RunConfig.load(_resolve_recipe(o.recipe)).data if o.recipe else DataConfig()
@@ -391,6 +404,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "data cifar100": cmd_data,
+            "data to-shards": cmd_to_shards,
             "report": cmd_report, "explain": cmd_explain, "runs": cmd_runs, "doctor": cmd_doctor,
             "augment-preview": cmd_augment_preview, "convert": cmd_convert, "demo": cmd_demo, "export": cmd_export,
             "serve": cmd_serve, "cv": cmd_cv, "tune": cmd_tune, "lr-find": cmd_lr_find}

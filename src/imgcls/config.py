@@ -79,6 +79,8 @@ class DataConfig:
     cache: str = _opt("auto", "decode images once: ram | disk (numpy memmap) | none | auto (ram if it fits, "
                               "else disk)", choices=CACHE_MODES)
     cache_dir: str | None = _opt(None, "folder of the disk pixel cache (default: $IMGCLS_CACHE or ~/.cache/imgcls)")
+    shuffle_buffer: int = _opt(1000, "wds: shards: training samples each loader worker holds to shuffle the stream "
+                                     "(on top of a new shard order every epoch; docs/data.md)", low=1)
     hierarchy: str | None = _opt(None, "coarse labels over the classes: folders (<coarse>/<fine>/ layout) | cifar100 | "
                                        "a fine,coarse CSV file (docs/hierarchy.md)")
     hierarchy_map: dict[str, str] | None = _opt(None, "fine -> coarse class mapping; filled in from hierarchy "

@@ -289,6 +289,22 @@ class Cifar100Command(CommandOptions):
 
 
 @dataclass
+class ToShardsCommand(CommandOptions):
+    """``imgcls data to-shards``."""
+
+    data: str = _opt(MISSING, "dataset to write: class folders, split folders, a CSV manifest or hf:PATH",
+                     positional=True)
+    out: str = _opt(MISSING, "folder (or fsspec URL) for {train,val,test}-NNNNNN.tar and _info.json", metavar="DIR")
+    shard_size: int = _opt(1000, "samples per shard (use at least processes x loader workers shards per split)",
+                           low=1)
+    val_fraction: float = _opt(DataConfig.val_fraction, "share of each class written as val shards when the "
+                                                        "dataset has no val split", low=0.0, high=1.0,
+                               open_low=True, open_high=True)
+    split_seed: int = _opt(DataConfig.split_seed, "seed of that train/val split (the one training would make)")
+    seed: int = _opt(0, "seed of the order samples are written in (every shard mixes the classes)")
+
+
+@dataclass
 class ConvertCommand(CommandOptions):
     """``imgcls convert``."""
 
@@ -298,6 +314,7 @@ class ConvertCommand(CommandOptions):
 # Subcommand -> its options; `imgcls data cifar100` is a subcommand of `data`.
 COMMANDS: dict[str, type] = {
     "train": TrainCommand, "eval": EvalCommand, "predict": PredictCommand, "data cifar100": Cifar100Command,
+    "data to-shards": ToShardsCommand,
     "report": ReportCommand, "explain": ExplainCommand, "runs": RunsCommand, "doctor": DoctorCommand,
     "augment-preview": AugmentPreviewCommand, "convert": ConvertCommand, "demo": DemoCommand,
     "export": ExportCommand, "serve": ServeCommand, "cv": CvCommand, "tune": TuneCommand, "lr-find": LrFindCommand,

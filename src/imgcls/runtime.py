@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import random
 import sys
@@ -10,9 +11,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
+
+from imgcls.errors import UserError
 
 log = logging.getLogger("imgcls")
+
+
+class MissingExtra(UserError, ImportError):
+    """An optional package is not installed; the message names the extra that brings it."""
+
+
+def require(module: str, extra: str, what: str | None = None):
+    """Import ``module`` (an optional dependency) or raise :class:`MissingExtra`, one line
+    naming the extra to install: ``tracking needs the 'track' extra: pip install 'imgcls[track]'``.
+
+    Every import of a package that only an extra installs goes through here, so a missing
+    one never surfaces as a bare ModuleNotFoundError from deep inside a run."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        missing = getattr(err, "name", None) or module
+        raise MissingExtra(f"{what or module} needs the '{extra}' extra: pip install 'imgcls[{extra}]' "
+                           f"({missing} is not installed)") from None
 
 
 # On CPU a forward pass over a few images at a time keeps the activations in cache:
@@ -97,6 +118,15 @@ def configure_logging(log_file: Path | None = None, verbose: bool = True) -> Non
 
 
 def progress(iterable, desc: str, total: int | None = None):
-    """A tqdm bar on a terminal; silent otherwise (epoch summaries are logged as lines)."""
+    """A progress bar on a terminal, or a notebook widget in Jupyter (``tqdm.auto``); silent
+    otherwise, e.g. in a log file or CI (epoch summaries are logged as lines)."""
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
-                disable=not sys.stderr.isatty())
+                disable=not (sys.stderr.isatty() or in_notebook()))
+
+
+def in_notebook() -> bool:
+    """Is this a Jupyter kernel (where ``tqdm.auto`` draws widgets)? Looked up without
+    importing IPython: only a running kernel has it loaded."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import io
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -70,13 +72,14 @@ def sniff_format(path: Path) -> str | None:
         return None
 
 
-def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
-    """Decode ``path`` fully to RGB with EXIF orientation applied.
+def load_rgb(path: str | Path | BinaryIO, draft_size: int | None = None) -> Image.Image:
+    """Decode ``path`` (a file, or an open binary stream such as a tar shard's member) fully
+    to RGB with EXIF orientation applied.
 
     ``draft_size`` lets the JPEG decoder shrink by 2/4/8 while keeping both sides at least
     that large, which makes large photos several times cheaper to decode.
     """
-    path = Path(path)
+    path = path if hasattr(path, "read") else Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -89,7 +92,9 @@ def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageDecodeError("image is too large (decompression-bomb limit)") from None
     except UnidentifiedImageError:
-        reason = "empty file (0 bytes)" if path.stat().st_size == 0 else "not an image Pillow can read"
+        empty = path.getbuffer().nbytes == 0 if isinstance(path, io.BytesIO) else \
+            not hasattr(path, "read") and path.stat().st_size == 0
+        reason = "empty file (0 bytes)" if empty else "not an image Pillow can read"
         raise ImageDecodeError(reason) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageDecodeError(f"cannot decode: {err}") from None

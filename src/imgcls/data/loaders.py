@@ -6,7 +6,7 @@ import os
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from imgcls.data.dataset import Batch, ImageDataset, collate
 from imgcls.data.finish import finish_batch
@@ -78,8 +78,11 @@ def default_workers() -> int:
 def make_loader(dataset: ImageDataset, batch_size: int, train: bool, seed: int = 0,
                 workers: int | None = None, rank: int = 0, world_size: int = 1,
                 collate_fn=collate, weights: torch.Tensor | None = None) -> DataLoader:
-    """``weights``: per-sample draw weights for training (``--balance sampler``)."""
+    """``weights``: per-sample draw weights for training (``--balance sampler``). A stream
+    (:class:`imgcls.data.wds.ShardStream`) shards, shuffles and batches itself: its own loader."""
     workers = default_workers() if workers is None else workers
+    if isinstance(dataset, IterableDataset):
+        return dataset.loader(batch_size, workers)
     sampler = SeededSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
                             weights=weights if train else None)
     return DataLoader(

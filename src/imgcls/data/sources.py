@@ -28,9 +28,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
+from imgcls.data.hf import is_hf
+from imgcls.data.hf import materialise as materialise_hf
 from imgcls.data.images import is_image_file
 from imgcls.data.layout import (EMPTY_CLASS, HIDDEN, MISSING, NOT_IMAGE, NOT_IN_CLASS, SPLIT_FOLDERS, SPLITS,
                                 TRAIN, VAL, DatasetError, Unused, is_hidden, resolve_folder, split_name)
+from imgcls.data.shards import ShardSamples, extract_held_out, is_wds
+from imgcls.data.shards import resolve as resolve_shards
 from imgcls.data.splits import stratified_split
 
 __all__ = ["DatasetError", "DatasetSplits", "Sample", "Unused", "discover", "discover_run", "find_split_folders",
@@ -39,6 +43,7 @@ __all__ = ["DatasetError", "DatasetSplits", "Sample", "Unused", "discover", "dis
 UNKNOWN_FOLDER = "unknown"
 HIERARCHY_FOLDERS = "folders"  # data.hierarchy value for <coarse>/<fine>/ folders
 MANIFEST, TRAIN_FOLDERS = "manifest", "train folders"  # DatasetSplits.layout besides the layout module's
+HF_LAYOUT, WDS_LAYOUT = "Hugging Face dataset", "WebDataset shards"  # DATA = hf:PATH, wds:SPEC
 
 # Header names a manifest's columns go by (compared in lower case, spaces as underscores).
 PATH_COLUMNS = ("path", "filepath", "file_path", "image_path", "filename", "file_name", "file", "image")
@@ -113,9 +118,12 @@ def read_dataset(
 ) -> DatasetSplits:
     """:func:`discover` without its last check (that val/test have only training classes),
     which the doctor reports file by file instead."""
-    root = Path(path) if path else None
+    remote = is_hf(path) or is_wds(path)
+    root = Path(path) if path and not remote else None
     data = DatasetSplits(classes=[], root=root)
-    if root is not None:
+    if remote:
+        _read_spec(data, str(path), bool(train_dirs or val_dir))
+    elif root is not None:
         _read_root(data, root, nested)
     for extra in map(Path, train_dirs or []):
         data.layout = data.layout or TRAIN_FOLDERS
@@ -155,6 +163,22 @@ def _read_root(data: DatasetSplits, root: Path, nested: bool) -> None:
     for split, folder in layout.splits.items():
         data.splits[split] = scan_class_folders(folder, nested, data.unused)
         data.sources[split] = str(folder)
+
+
+def _read_spec(data: DatasetSplits, spec: str, merged: bool) -> None:
+    """``hf:PATH`` (data/hf.py: materialised as a manifest of files) and ``wds:SPEC``
+    (data/shards.py: train streamed from its shards, val/test extracted to files)."""
+    if merged:
+        raise DatasetError(f"{spec}: --train/--val folders cannot be merged with a {spec.split(':')[0]}: dataset")
+    if is_hf(spec):
+        _read_root(data, materialise_hf(spec), False)
+        data.layout, data.sources = HF_LAYOUT, {name: f"{spec} [{name}]" for name in data.splits}
+        return
+    found = resolve_shards(spec)
+    _read_root(data, extract_held_out(found), False)
+    data.layout, data.sources = WDS_LAYOUT, {name: found.where[name] for name in data.splits}
+    data.splits[TRAIN] = ShardSamples(found.splits[TRAIN], found.classes, Sample)
+    data.sources[TRAIN] = found.where[TRAIN]
 
 
 def discover_run(data_cfg, path: str | Path | None = None) -> DatasetSplits:
@@ -270,9 +294,17 @@ def _class_images(class_dir: Path, label: str, coarse: str | None, unused: list[
 
 
 def list_images(paths: list[str | Path]) -> list[Path]:
-    """Files given directly, plus every image below the folders given (for prediction)."""
+    """Files given directly, plus every image below the folders given, plus every image of
+    an ``hf:PATH`` dataset, all its splits (for prediction)."""
     found: list[Path] = []
-    for item in map(Path, paths):
+    for spec in paths:
+        if is_wds(spec):
+            raise DatasetError(f"{spec}: predict reads images, folders or hf:PATH; WebDataset shards are for train "
+                               "and eval (imgcls eval RUN wds:... scores their val or test shards)")
+        if is_hf(spec):
+            found.extend(s.path for samples in read_manifest(materialise_hf(spec)).values() for s in samples)
+            continue
+        item = Path(spec)
         if item.is_dir():
             found.extend(sorted(f for f in item.rglob("*") if f.is_file() and not is_hidden(f, item)
                                 and is_image_file(f)))

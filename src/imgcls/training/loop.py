@@ -29,7 +29,9 @@ from imgcls.data.hierarchy import attach_hierarchy
 from imgcls.data.loaders import DeviceLoader, default_workers, make_loader
 from imgcls.data.sources import DatasetSplits, discover_run
 from imgcls.data.transforms import Preprocessing
+from imgcls.data.shards import ShardSamples
 from imgcls.data.validate import UNUSED_FILE, check_trainable, describe, write_unused
+from imgcls.data.wds import ShardStream, check_stream_config, stream_loader
 from imgcls.inference import artifact
 from imgcls.inference.card import ModelCard
 from imgcls.inference.predictions import Predictions, predict_loader
@@ -326,6 +328,7 @@ def _discover(config: RunConfig) -> DatasetSplits:
     Refuses (DatasetError) a dataset training could not learn from, before any image is decoded."""
     data = discover_run(config.data)
     check_trainable(data)
+    check_stream_config(config, data)
     attach_hierarchy(config.data, data)
     return data
 
@@ -362,6 +365,8 @@ def _clean_train_dataset(trainer: Trainer):
     """The train images under the eval transform (the single 'clean' feature view): the
     train loader's own list, so --balance over/undersampling carries over, row for row."""
     d, train = trainer.config.data, trainer.loaders["train"].dataset
+    if isinstance(train, ShardStream):  # streamed shards: the same stream, unshuffled, under the eval transform
+        return train.eval_view()
     dataset, _ = make_dataset(train.paths, train.targets, trainer.preprocessing, False, d.cache,
                               workers=default_workers() if d.workers is None else d.workers,
                               cache_dir=Path(d.cache_dir) if d.cache_dir else None)
@@ -646,6 +651,9 @@ def per_device_batch(config: RunConfig, world_size: int) -> int:
 
 def make_split_loader(data: DatasetSplits, split: str, preprocessing: Preprocessing, config: RunConfig,
                       train: bool = False, ctx: DistContext = DistContext()):
+    if isinstance(data.splits[split], ShardSamples):  # wds: streamed from tar shards (data/wds.py)
+        return stream_loader(data.splits[split], data.classes, preprocessing, config, train, ctx.rank,
+                             ctx.world_size, per_device_batch(config, ctx.world_size))
     paths, targets, weights = [s.path for s in data.splits[split]], data.targets(split), None
     if train:  # --balance: resampled list and/or sampler weights (data/balance.py)
         paths, targets, weights = balance_train_split(paths, targets, config.train.balance, config.train.seed)
