@@ -25,6 +25,7 @@ from imgcls.options import EvalCommand, ReportCommand
 from imgcls.runtime import log
 from imgcls.training.loop import TrainResult
 from imgcls.training.loop import train as _train_loop
+from imgcls.training.tracking import make_tracker
 
 __all__ = ["evaluate", "load", "make_config", "report", "train"]
 
@@ -56,7 +57,13 @@ def train(data: str | Path | None = None, *, config: RunConfig | str | Path | No
         config = run_dir / "config.yaml"
     run_config = make_config(data, config, **options)
     check_openset_config(run_config)
-    result = _train_loop(run_config, resume=resume, callbacks=list(callbacks))
+    tracker = make_tracker(run_config, resume)  # --track mlflow: training/tracking.py
+    try:
+        result = _train_loop(run_config, resume=resume, callbacks=[*callbacks, *([tracker] if tracker else [])])
+    except BaseException:
+        if tracker is not None:
+            tracker.fail()
+        raise
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 finishes alone
         return result
     classifier = load(result.best_checkpoint)
@@ -76,6 +83,8 @@ def train(data: str | Path | None = None, *, config: RunConfig | str | Path | No
             result.metrics[split] = evaluation.metrics
             log.info("%s: top-1 %.4f  macro-F1 %.4f  (%s)", split, evaluation.metrics["top1"],
                      evaluation.metrics["f1_macro"], evaluation.metrics["files"]["json"])
+    if tracker is not None:
+        tracker.finish(result)
     return result
 
 

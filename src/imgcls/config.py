@@ -30,6 +30,7 @@ BALANCE_MODES = ("none", "weights", "sampler", "oversample", "undersample")
 FINETUNE_MODES = ("auto", "always", "never")
 UNKNOWN_SCORES = ("msp", "energy")
 TTA_MODES = ("none", "flip", "flip+crops")
+TRACKERS = ("none", "mlflow")
 FREEZE_PATTERN = r"none|backbone|half|all-but-last:(\d+)"
 HEAD_PATTERN = r"linear|mlp:\d+(,\d+)*"
 MONITOR_PATTERN = r"(train|val)_(loss|acc)|val_top\d+|val_coarse_(loss|acc)|val_consistency"
@@ -161,6 +162,10 @@ class TrainConfig:
     amp: bool = _opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
     topk: int = _opt(3, "k of the top-k accuracy", low=1)
     report: bool = _opt(True, "write report.html after training (metrics, curves, calibration, Grad-CAM, size)")
+    track: str = _opt("none", "experiment tracking: none | mlflow (parameters, per-epoch metrics, model card, "
+                              "report.html and best model; store: $MLFLOW_TRACKING_URI, else sqlite:///<out-dir>/"
+                              "mlflow.db)", choices=TRACKERS)
+    track_experiment: str = _opt("imgcls", "--track mlflow: the experiment the run is logged under")
     seed: int = _opt(0, "seed of weights init, data order and augmentation")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps", pattern=DEVICE_PATTERN)
     devices: int = _opt(1, "processes (GPUs) to train on; >1 launches torchrun with DDP", low=1)

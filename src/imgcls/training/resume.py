@@ -22,7 +22,7 @@ from imgcls.training.state import STATE_FILE, TrainState, load_state
 # Settings a resumed run may change: how long it trains and where, not what it learns.
 CHANGEABLE_ON_RESUME = frozenset({
     "train.epochs", "train.early_stopping", "train.device", "train.devices", "train.report", "train.compile",
-    "data.workers", "data.cache", "data.cache_dir",
+    "data.workers", "data.cache", "data.cache_dir", "train.track", "train.track_experiment",
     "data.path",  # a moved dataset; its classes are checked against the run's (check_same_classes)
 })
 # Filled in by training itself, never by the user.
