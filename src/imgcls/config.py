@@ -31,9 +31,13 @@ FINETUNE_MODES = ("auto", "always", "never")
 UNKNOWN_SCORES = ("msp", "energy")
 TTA_MODES = ("none", "flip", "flip+crops")
 TRACKERS = ("none", "mlflow")
+SINGLE_LABEL, MULTILABEL = "single-label", "multilabel"
+TASKS = ("auto", SINGLE_LABEL, MULTILABEL)
+LABEL_SEPARATORS = (";", "|", "space")
+LOSSES = ("auto", "ce", "bce", "asl")
 FREEZE_PATTERN = r"none|backbone|half|all-but-last:(\d+)"
 HEAD_PATTERN = r"linear|mlp:\d+(,\d+)*"
-MONITOR_PATTERN = r"(train|val)_(loss|acc)|val_top\d+|val_coarse_(loss|acc)|val_consistency"
+MONITOR_PATTERN = r"(train|val)_(loss|acc|f1)|val_top\d+|val_coarse_(loss|acc)|val_consistency|val_map"
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 
 
@@ -68,6 +72,11 @@ class DataConfig:
     val_fraction: float = _opt(0.15, "share of each class held out for validation when no val split exists",
                                low=0.0, high=1.0, open_low=True, open_high=True)
     split_seed: int = _opt(0, "seed of the reproducible train/val split")
+    task: str = _opt("auto", "single-label | multilabel (a set of labels per image, from a manifest's labels "
+                             "column; docs/multilabel.md) | auto (multilabel when the manifest has a labels column)",
+                     choices=TASKS)
+    label_sep: str = _opt(";", "what separates the labels in a manifest's labels column: ';' (default), '|' or "
+                               "'space'", choices=LABEL_SEPARATORS)
     image_size: int | None = _opt(None, "training image size (default: the backbone's pretrained size)", low=8)
     mean: list[float] | None = _opt(None, "normalisation mean (default: from the backbone)", cli=False)
     std: list[float] | None = _opt(None, "normalisation std (default: from the backbone)", cli=False)
@@ -122,6 +131,13 @@ class TrainConfig:
     weight_decay: float = _opt(0.01, "decoupled weight decay (not applied to biases and norms)", low=0.0)
     momentum: float = _opt(0.9, "SGD momentum", low=0.0, high=1.0, open_high=True)
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss", low=0.0, high=1.0, open_high=True)
+    loss: str = _opt("auto", "auto (ce for single-label, bce for multilabel) | ce (cross-entropy) | bce (sigmoid "
+                             "binary cross-entropy per label) | asl (asymmetric loss, multilabel; Ridnik et al., 2021)",
+                     choices=LOSSES)
+    asl_gamma_neg: float = _opt(4.0, "--loss asl: focusing exponent of the negatives (down-weights easy ones)", low=0.0)
+    asl_gamma_pos: float = _opt(0.0, "--loss asl: focusing exponent of the positives", low=0.0)
+    asl_clip: float = _opt(0.05, "--loss asl: probability margin by which easy negatives are discarded", low=0.0,
+                           high=1.0, open_high=True)
     balance: str = _opt("none", "class imbalance: none | weights (class-weighted loss) | sampler (class-balanced "
                                 "draws) | oversample | undersample (equal class counts; docs/doctor.md)",
                         choices=BALANCE_MODES)
@@ -144,7 +160,8 @@ class TrainConfig:
     plateau_factor: float = _opt(0.5, "LR multiplier on plateau", low=0.0, high=1.0, open_low=True, open_high=True)
     plateau_patience: int = _opt(2, "epochs without improvement before the LR drops", low=0)
     monitor: str = _opt("val_acc", "metric that picks best.safetensors and drives early stopping / plateau: "
-                                   "val_acc | val_loss | val_topK | train_acc | train_loss | val_coarse_acc ...",
+                                   "val_acc | val_loss | val_topK | train_acc | train_loss | val_coarse_acc ...; "
+                                   "multilabel: val_map (what val_acc means there) | val_f1 | val_loss | train_f1",
                         pattern=MONITOR_PATTERN)
     feature_cache: bool = _opt(True, "while the backbone is frozen, train the head on features computed once")
     feature_views: int = _opt(1, "cached feature views per train image: 1 = the clean eval view, K = K augmented "

@@ -1,7 +1,9 @@
 """``--balance``: what training does about classes of very different sizes.
 
 * ``weights``: cross-entropy weighted by ``n / (k * n_class)`` (scikit-learn's "balanced"
-  class weights), so every class contributes equally to the loss;
+  class weights), so every class contributes equally to the loss; for multilabel, the
+  positive term of each label's binary cross-entropy weighted by its negatives / positives
+  (``BCEWithLogitsLoss(pos_weight=...)``), so rare labels are not drowned by their negatives;
 * ``sampler``: every epoch draws as many images as the train split has, with replacement,
   each class equally likely (torch's WeightedRandomSampler idea, drawn inside
   :class:`imgcls.data.loaders.SeededSampler` to keep the (seed, epoch) determinism);
@@ -43,9 +45,11 @@ def class_weights(targets: list[int], num_classes: int) -> torch.Tensor:
 
 def loss_class_weights(config, data) -> torch.Tensor | None:
     """The cross-entropy ``weight`` for ``--balance weights`` (else None) of a RunConfig and
-    its DatasetSplits."""
+    its DatasetSplits; for multilabel data the BCE ``pos_weight`` (:func:`positive_weights`)."""
     if check_balance(config.train.balance) != "weights":
         return None
+    if getattr(data, "multilabel", False):
+        return positive_weights(data.targets("train"))
     # Soft MixUp/CutMix targets and the hierarchical loss take no class weights (getattr: those
     # options are newer than this module and may be absent from a config).
     if any(getattr(section, name, None) for section, name in (
@@ -53,6 +57,16 @@ def loss_class_weights(config, data) -> torch.Tensor | None:
         raise ValueError("--balance weights needs the plain cross-entropy; with --mixup, --cutmix or --hierarchy "
                          "use --balance sampler")
     return class_weights(data.targets("train"), len(data.classes))
+
+
+def positive_weights(targets) -> torch.Tensor:
+    """Per label of (n, C) multi-hot ``targets``: negatives / positives, the ``pos_weight`` of
+    ``torch.nn.BCEWithLogitsLoss`` that balances each label's two terms (torch's own advice
+    for it); a label without positives gets 1 (nothing to up-weight)."""
+    y = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+    positives = y.sum(0)
+    negatives = len(y) - positives
+    return torch.where(positives > 0, negatives / positives.clamp(min=1), torch.ones_like(positives))
 
 
 def sample_weights(targets: list[int]) -> torch.Tensor:

@@ -16,6 +16,11 @@ that is not a sample is kept with its reason in ``DatasetSplits.unused``.
 folder is the class, the coarse folder is kept in ``Sample.coarse``. An ``unknown/`` folder in
 val or test (when no training class has that name) holds out-of-distribution images for
 open-set evaluation: it is kept apart in ``DatasetSplits.unknown``, not treated as a class.
+
+Multilabel (``task``): a manifest whose ``labels`` column holds a set of labels per image
+(``cat;dog``; separator ``;``, ``|`` or spaces, ``label_sep``), an empty cell being a valid
+negative. Each sample keeps its set in ``Sample.labels``; the classes are the sorted union
+of the training labels, and targets are multi-hot rows (see docs/multilabel.md).
 """
 
 from __future__ import annotations
@@ -33,12 +38,13 @@ from imgcls.data.hf import materialise as materialise_hf
 from imgcls.data.images import is_image_file
 from imgcls.data.layout import (EMPTY_CLASS, HIDDEN, MISSING, NOT_IMAGE, NOT_IN_CLASS, SPLIT_FOLDERS, SPLITS,
                                 TRAIN, VAL, DatasetError, Unused, is_hidden, resolve_folder, split_name)
+from imgcls.config import MULTILABEL, SINGLE_LABEL
 from imgcls.data.shards import ShardSamples, extract_held_out, is_wds
 from imgcls.data.shards import resolve as resolve_shards
-from imgcls.data.splits import stratified_split
+from imgcls.data.splits import seeded_split, stratified_split
 
 __all__ = ["DatasetError", "DatasetSplits", "Sample", "Unused", "discover", "discover_run", "find_split_folders",
-           "is_nested", "list_images", "read_dataset", "read_manifest", "scan_class_folders"]
+           "is_nested", "list_images", "read_dataset", "read_manifest", "sample_targets", "scan_class_folders"]
 
 UNKNOWN_FOLDER = "unknown"
 HIERARCHY_FOLDERS = "folders"  # data.hierarchy value for <coarse>/<fine>/ folders
@@ -48,13 +54,15 @@ HF_LAYOUT, WDS_LAYOUT = "Hugging Face dataset", "WebDataset shards"  # DATA = hf
 # Header names a manifest's columns go by (compared in lower case, spaces as underscores).
 PATH_COLUMNS = ("path", "filepath", "file_path", "image_path", "filename", "file_name", "file", "image")
 LABEL_COLUMNS = ("label", "class", "class_name", "category")
+LABELS_COLUMNS = ("labels", "tags")  # a set of labels per image: multilabel
 
 
 @dataclass
 class Sample:
     path: Path
-    label: str
+    label: str  # the class; for multilabel the set written as in the manifest ("cat;dog", "" when empty)
     coarse: str | None = None  # the <coarse> folder of a nested layout
+    labels: tuple[str, ...] | None = None  # multilabel: the sorted label set (empty: a negative); else None
 
 
 @dataclass
@@ -73,20 +81,39 @@ class DatasetSplits:
     sources: dict[str, str] = field(default_factory=dict)
     automatic_val: str = ""
     unused: list[Unused] = field(default_factory=list)
+    task: str = SINGLE_LABEL  # or "multilabel": samples carry label sets
 
-    def targets(self, split: str) -> list[int]:
-        index = {name: i for i, name in enumerate(self.classes)}
-        return [index[s.label] for s in self.splits[split]]
+    @property
+    def multilabel(self) -> bool:
+        return self.task == MULTILABEL
+
+    def targets(self, split: str) -> list[int] | list[list[float]]:
+        """Class indices, or for multilabel (n, C) multi-hot rows of 0.0/1.0."""
+        return sample_targets(self.splits[split], self.classes)
 
     def counts(self, split: str) -> dict[str, int]:
+        """Images per class (for multilabel: images carrying each label)."""
         counts = dict.fromkeys(self.classes, 0)
         for sample in self.splits.get(split, []):
-            counts[sample.label] += 1
+            for label in sample.labels if sample.labels is not None else (sample.label,):
+                counts[label] += 1
         return counts
 
     def where(self, split: str) -> str:
         """The folder or file to name in a message about ``split``."""
         return self.sources.get(split) or str(self.root or self.sources.get(TRAIN, ""))
+
+
+def sample_targets(samples: list[Sample], classes: list[str]) -> list[int] | list[list[float]]:
+    """Class indices of single-label samples, multi-hot (n, C) rows of samples with label sets."""
+    index = {name: i for i, name in enumerate(classes)}
+    if samples and samples[0].labels is not None:
+        rows = [[0.0] * len(classes) for _ in samples]
+        for row, sample in zip(rows, samples):
+            for label in sample.labels:
+                row[index[label]] = 1.0
+        return rows
+    return [index[s.label] for s in samples]
 
 
 def discover(
@@ -96,14 +123,18 @@ def discover(
     val_fraction: float = 0.15,
     split_seed: int = 0,
     nested: bool = False,
+    task: str = "auto",
+    label_sep: str = ";",
 ) -> DatasetSplits:
     """Read the dataset at ``path`` (and/or ``train_dirs``) into train/val[/test] samples.
 
-    Raises DatasetError naming the folder or file: no such path, a layout that reads two
-    ways, a split without a usable image, val/test classes with no training images. Looks
-    at names and folder listings only (a file's header when its extension is unknown).
+    ``task``: auto | single-label | multilabel (a manifest's label sets, ``label_sep``
+    between the labels); ``DatasetSplits.task`` says which it is. Raises DatasetError
+    naming the folder or file: no such path, a layout that reads two ways, a split without
+    a usable image, val/test classes with no training images. Looks at names and folder
+    listings only (a file's header when its extension is unknown).
     """
-    data = read_dataset(path, train_dirs, val_dir, val_fraction, split_seed, nested)
+    data = read_dataset(path, train_dirs, val_dir, val_fraction, split_seed, nested, task, label_sep)
     _check_known_classes(data.splits, data.classes, path)
     return data
 
@@ -115,6 +146,8 @@ def read_dataset(
     val_fraction: float = 0.15,
     split_seed: int = 0,
     nested: bool = False,
+    task: str = "auto",
+    label_sep: str = ";",
 ) -> DatasetSplits:
     """:func:`discover` without its last check (that val/test have only training classes),
     which the doctor reports file by file instead."""
@@ -122,9 +155,10 @@ def read_dataset(
     root = Path(path) if path and not remote else None
     data = DatasetSplits(classes=[], root=root)
     if remote:
-        _read_spec(data, str(path), bool(train_dirs or val_dir))
+        _read_spec(data, str(path), bool(train_dirs or val_dir), task, label_sep)
     elif root is not None:
-        _read_root(data, root, nested)
+        _read_root(data, root, nested, task, label_sep)
+    data.task = _resolve_task(data, task, path or train_dirs, bool(train_dirs or val_dir))
     for extra in map(Path, train_dirs or []):
         data.layout = data.layout or TRAIN_FOLDERS
         data.splits.setdefault(TRAIN, []).extend(scan_class_folders(extra, nested, data.unused))
@@ -137,24 +171,48 @@ def read_dataset(
         raise DatasetError(f"{path or train_dirs}: no training images found" +
                            (f" (only {found}); add a train split or give --train DIR" if found else ""),
                            "empty_split")
-    data.classes = sorted({s.label for s in data.splits[TRAIN]})
+    data.classes = _train_classes(data)
     if VAL not in data.splits:
         if not 0.0 < val_fraction < 1.0:
             raise DatasetError(f"{path}: no val split and --val-fraction {val_fraction} is not in (0, 1)")
-        data.splits[TRAIN], data.splits[VAL] = stratified_split(data.splits[TRAIN], val_fraction, split_seed)
-        data.automatic_val = f"{val_fraction * 100:g}% of each train class (stratified, --split-seed {split_seed})"
+        if data.multilabel:
+            data.splits[TRAIN], data.splits[VAL] = seeded_split(data.splits[TRAIN], val_fraction, split_seed)
+            data.automatic_val = f"{val_fraction * 100:g}% of the train images (seeded, --split-seed {split_seed})"
+        else:
+            data.splits[TRAIN], data.splits[VAL] = stratified_split(data.splits[TRAIN], val_fraction, split_seed)
+            data.automatic_val = f"{val_fraction * 100:g}% of each train class (stratified, --split-seed {split_seed})"
     data.splits = {s: data.splits[s] for s in SPLITS if s in data.splits}
-    data.unknown = _set_aside_unknown(data.splits, data.classes)
+    data.unknown = {} if data.multilabel else _set_aside_unknown(data.splits, data.classes)
     data.unused.sort(key=lambda u: str(u.path))
     return data
 
 
-def _read_root(data: DatasetSplits, root: Path, nested: bool) -> None:
+def _resolve_task(data: DatasetSplits, task: str, where, folders: bool) -> str:
+    """single-label or multilabel: what the manifest holds (label sets or labels), refusing
+    ``--task multilabel`` without label sets and label sets mixed with class folders."""
+    multilabel = any(s.labels is not None for samples in data.splits.values() for s in samples)
+    if task == MULTILABEL and data.layout != MANIFEST:
+        raise DatasetError(f"{where}: --task multilabel reads label sets from a CSV manifest with a 'labels' "
+                           "column (path,labels[,split]); folders give one label per image")
+    if multilabel and folders:
+        raise DatasetError(f"{where}: a multilabel manifest cannot be merged with --train/--val class folders (one "
+                           "label per image); give every image in the manifest, with its split column")
+    return MULTILABEL if multilabel else SINGLE_LABEL
+
+
+def _train_classes(data: DatasetSplits) -> list[str]:
+    """The sorted training classes; for multilabel the union of the training label sets."""
+    if data.multilabel:
+        return sorted({label for s in data.splits[TRAIN] for label in s.labels})
+    return sorted({s.label for s in data.splits[TRAIN]})
+
+
+def _read_root(data: DatasetSplits, root: Path, nested: bool, task: str = "auto", label_sep: str = ";") -> None:
     if not root.exists():
         raise DatasetError(f"{root}: no such file or folder")
     if root.is_file():
         data.layout = MANIFEST
-        data.splits = _usable_rows(root, read_manifest(root), data.unused)
+        data.splits = _usable_rows(root, read_manifest(root, task, label_sep), data.unused)
         data.sources = dict.fromkeys(data.splits, str(root))
         return
     layout = resolve_folder(root, nested)
@@ -165,17 +223,17 @@ def _read_root(data: DatasetSplits, root: Path, nested: bool) -> None:
         data.sources[split] = str(folder)
 
 
-def _read_spec(data: DatasetSplits, spec: str, merged: bool) -> None:
+def _read_spec(data: DatasetSplits, spec: str, merged: bool, task: str, label_sep: str) -> None:
     """``hf:PATH`` (data/hf.py: materialised as a manifest of files) and ``wds:SPEC``
     (data/shards.py: train streamed from its shards, val/test extracted to files)."""
     if merged:
         raise DatasetError(f"{spec}: --train/--val folders cannot be merged with a {spec.split(':')[0]}: dataset")
     if is_hf(spec):
-        _read_root(data, materialise_hf(spec), False)
+        _read_root(data, materialise_hf(spec), False, task, label_sep)
         data.layout, data.sources = HF_LAYOUT, {name: f"{spec} [{name}]" for name in data.splits}
         return
     found = resolve_shards(spec)
-    _read_root(data, extract_held_out(found), False)
+    _read_root(data, extract_held_out(found), False, task, label_sep)
     data.layout, data.sources = WDS_LAYOUT, {name: found.where[name] for name in data.splits}
     data.splits[TRAIN] = ShardSamples(found.splits[TRAIN], found.classes, Sample)
     data.sources[TRAIN] = found.where[TRAIN]
@@ -188,9 +246,10 @@ def discover_run(data_cfg, path: str | Path | None = None) -> DatasetSplits:
     ``path`` replaces the run's dataset (``--train``/``--val`` folders then do not apply)."""
     nested = is_nested(data_cfg.hierarchy)
     if path is not None:
-        return discover(path, val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed, nested=nested)
+        return discover(path, val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed, nested=nested,
+                        task=data_cfg.task, label_sep=data_cfg.label_sep)
     return discover(data_cfg.path, data_cfg.train_dirs, data_cfg.val_dir, data_cfg.val_fraction, data_cfg.split_seed,
-                    nested=nested)
+                    nested=nested, task=data_cfg.task, label_sep=data_cfg.label_sep)
 
 
 def is_nested(hierarchy: str | None) -> bool:
@@ -315,8 +374,9 @@ def list_images(paths: list[str | Path]) -> list[Path]:
     return found
 
 
-def read_manifest(csv_path: Path) -> dict[str, list[Sample]]:
-    """Read ``path,label[,split]`` rows; paths are relative to the CSV's folder.
+def read_manifest(csv_path: Path, task: str = "auto", label_sep: str = ";") -> dict[str, list[Sample]]:
+    """Read ``path,label[,split]`` rows (or ``path,labels[,split]`` label sets, see below);
+    paths are relative to the CSV's folder.
 
     Read as spreadsheet programs and Windows save them: UTF-8 with or without a BOM, UTF-16
     (Excel's "Unicode text"), Windows-1252; fields separated by ``,`` ``;`` tab or ``|``;
@@ -324,27 +384,42 @@ def read_manifest(csv_path: Path) -> dict[str, list[Sample]]:
     ``/``; blank rows skipped. A split value is read like a split folder's name (``Training``,
     ``valid``), an empty one means train. Every row is returned, whether its file exists or
     not. Raises DatasetError naming the file (and line) it cannot read.
+
+    Label sets (multilabel): a ``labels`` (or ``tags``) column with ``task`` auto or
+    multilabel, or the label column with ``task`` multilabel; the labels of a cell are
+    separated by ``label_sep`` (``;``, ``|`` or ``space``), and an empty cell is an image with
+    no label. Such samples carry ``Sample.labels``.
     """
     header, rows = _read_table(csv_path)
     columns = {name.strip().lower().replace(" ", "_"): i for i, name in enumerate(header)}
     path_col = next((columns[c] for c in PATH_COLUMNS if c in columns), None)
+    sets_col = next((columns[c] for c in LABELS_COLUMNS if c in columns), None) if task != SINGLE_LABEL else None
     label_col = next((columns[c] for c in LABEL_COLUMNS if c in columns), None)
+    multilabel = sets_col is not None or (task == MULTILABEL and label_col is not None)
+    label_col = sets_col if sets_col is not None else label_col
     if path_col is None or label_col is None:
-        raise DatasetError(f"{csv_path}: a manifest needs a header with 'path' and 'label' columns "
-                           f"(found: {', '.join(header) or 'nothing'})")
+        hint = "; a 'labels' column holds label sets: --task multilabel" if task == SINGLE_LABEL and any(
+            c in columns for c in LABELS_COLUMNS) else ""
+        raise DatasetError(f"{csv_path}: a manifest needs a header with 'path' and 'label' (or 'labels') columns "
+                           f"(found: {', '.join(header) or 'nothing'}){hint}")
     split_col = columns.get("split")
+    separator = " " if label_sep == "space" else label_sep
     splits: dict[str, list[Sample]] = {}
     for line, row in rows:
         def cell(i: int | None) -> str:
             return row[i].strip() if i is not None and i < len(row) else ""
 
         path, label, value = cell(path_col), cell(label_col), cell(split_col) or TRAIN
-        if not path or not label:
+        if not path or not (label or multilabel):
             raise DatasetError(f"{csv_path}:{line}: empty path or label")
         split = split_name(value)
         if split is None:
             raise DatasetError(f"{csv_path}:{line}: split '{value}' is not train, val or test")
-        splits.setdefault(split, []).append(Sample(_manifest_path(csv_path.parent, path), label))
+        sample = Sample(_manifest_path(csv_path.parent, path), label)
+        if multilabel:
+            sample.labels = tuple(sorted({part.strip() for part in label.split(separator) if part.strip()}))
+            sample.label = separator.join(sample.labels)
+        splits.setdefault(split, []).append(sample)
     if not splits:
         raise DatasetError(f"{csv_path}: the manifest has a header but no rows")
     return splits
@@ -412,6 +487,12 @@ def _usable_rows(csv_path: Path, splits: dict[str, list[Sample]], unused: list[U
 def _check_known_classes(splits: dict[str, list[Sample]], classes: list[str], where) -> None:
     known = set(classes)
     for name, samples in splits.items():
+        if samples and samples[0].labels is not None:
+            unknown = sorted({label for s in samples for label in s.labels} - known)
+            if unknown:
+                raise DatasetError(f"{where}: {name} split has labels that no training image carries: {unknown}",
+                                   "unknown_class")
+            continue
         unknown = sorted({s.label for s in samples} - known)
         if unknown:
             raise DatasetError(f"{where}: {name} split has classes with no training images: {unknown}",

@@ -41,3 +41,17 @@ def _rank(seed: int, path) -> str:
     # moving the dataset to another folder or machine.
     p = Path(path)
     return hashlib.sha1(f"{seed}/{p.parent.name}/{p.name}".encode()).hexdigest()
+
+
+def seeded_split(samples: list[T], val_fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """Hold out ``round(n * val_fraction)`` samples (at least one if n >= 2), picked by the
+    same seeded hash of each file's name as :func:`stratified_split`, for label sets.
+
+    Not stratified: scikit-learn has no stratified split for multi-label data (iterative
+    stratification, Sechidis et al., 2011, lives outside it), and ranking by hash keeps the
+    split reproducible and stable when files are added. Output is in path order.
+    """
+    ranked = sorted(samples, key=lambda s: _rank(seed, s.path))
+    n_val = min(max(round(len(ranked) * val_fraction), 1), len(ranked) - 1) if len(ranked) >= 2 else 0
+    key = lambda s: str(s.path)  # noqa: E731 - stable output order
+    return sorted(ranked[n_val:], key=key), sorted(ranked[:n_val], key=key)

@@ -64,9 +64,12 @@ def describe(data: DatasetSplits) -> list[str]:
     lines = [f"data: {data.layout} {data.root or ''}".rstrip() + ": " + ", ".join(
         f"{split} <- {_source(data, split)}" for split in data.splits)]
     shown = ", ".join(data.classes[:12]) + (f", ... ({len(data.classes)} in all)" if len(data.classes) > 12 else "")
-    lines.append(f"classes ({len(data.classes)}): {shown}")
+    lines.append(f"{'labels' if data.multilabel else 'classes'} ({len(data.classes)}): {shown}")
     lines.append("images: " + "; ".join(f"{split} {len(samples)}{_per_class(data, split)}"
                                         for split, samples in data.splits.items()))
+    if data.multilabel:
+        lines.append("labels per image: " + "; ".join(_cardinality(samples, split)
+                                                      for split, samples in data.splits.items()))
     if data.unknown:
         lines.append("set aside for open-set evaluation: " + ", ".join(
             f"{split} {len(samples)} unknown/" for split, samples in data.unknown.items()))
@@ -88,7 +91,18 @@ def _source(data: DatasetSplits, split: str) -> str:
     return Path(source).relative_to(root).as_posix() + "/" if Path(source).is_relative_to(root) else source
 
 
+def _cardinality(samples: list, split: str) -> str:
+    sizes = [len(s.labels) for s in samples]
+    empty = sizes.count(0)
+    mean = sum(sizes) / len(sizes) if sizes else 0.0
+    return f"{split} {mean:.2f} on average, {min(sizes, default=0)}-{max(sizes, default=0)}" + (
+        f", {empty} with none" if empty else "")
+
+
 def _per_class(data: DatasetSplits, split: str) -> str:
+    if data.multilabel:  # images carrying each label
+        counts = list(Counter(label for s in data.splits[split] for label in s.labels).values())
+        return f" ({min(counts)}-{max(counts)} per label)" if counts else ""
     counts = list(Counter(s.label for s in data.splits[split]).values())
     if not counts:
         return ""
