@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgcls._version import __version__
-from imgcls.config import ConfigError, RunConfig
+from imgcls.config import MULTILABEL, SINGLE_LABEL, ConfigError, RunConfig
 from imgcls.data.transforms import Preprocessing
 from imgcls.errors import CheckpointError
 
 FORMAT = "imgcls-model/2"
 CARD_METADATA_KEY = "imgcls.card"  # where model files (safetensors header, ONNX metadata) keep the card
-TASKS = ("single-label",)
+TASKS = (SINGLE_LABEL, MULTILABEL)
+DEFAULT_THRESHOLD = 0.5  # a multilabel model's decision threshold until one is fitted on val
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,21 @@ class UnknownSetting:
 
 
 @dataclass(frozen=True)
+class LabelThresholds:
+    """A multilabel model's decision rule: label ``i`` is predicted when its probability is
+    at least ``per_label[i]``.
+
+    ``global_threshold`` is the one threshold that maximises micro-F1 on the fitting split;
+    ``per_label`` holds each label's own F1-maximising threshold (the global one for labels
+    too rare there to fit one); ``fit`` describes the fit (split, F1 at each rule).
+    """
+
+    per_label: list[float]
+    global_threshold: float = DEFAULT_THRESHOLD
+    fit: dict | None = None
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """What a model file says about its model; every field is plain JSON.
 
@@ -46,8 +62,10 @@ class ModelCard:
         classes: class names in output order (index i of the logits is ``classes[i]``).
         preprocessing: :class:`~imgcls.data.transforms.Preprocessing` as a dict.
         config: the run's :class:`~imgcls.config.RunConfig` as a dict (architecture, head...).
-        task: ``single-label``.
-        temperature: divides the logits before the softmax (fitted on val; 1 = none).
+        task: ``single-label`` (softmax over the classes) or ``multilabel`` (a sigmoid per
+            label; the predicted set is every label at or above its threshold).
+        temperature: divides the logits before the softmax (fitted on val; 1 = none, and
+            always 1 for multilabel).
         calibration: how the temperature was fitted (NLL and ECE before/after), or None.
         unknown: the open-set rule, or None.
         hierarchy: fine -> coarse class names of a hierarchical model, or None.
@@ -56,6 +74,7 @@ class ModelCard:
         head_fit: the head's clean train top-1 on frozen features, when measured.
         tta: test-time augmentation that eval, predict and serve apply (``none``: off).
         ema: the weights are an exponential moving average of the trained ones.
+        thresholds: multilabel decision thresholds fitted on val, or None (then 0.5 each).
     """
 
     classes: list[str]
@@ -72,6 +91,7 @@ class ModelCard:
     head_fit: float | None = None
     tta: str = "none"
     ema: bool = False
+    thresholds: LabelThresholds | None = None
     imgcls_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     format: str = FORMAT
@@ -83,6 +103,16 @@ class ModelCard:
     @property
     def architecture(self) -> str:
         return (self.config.get("model") or {}).get("name", "?")
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == MULTILABEL
+
+    def label_thresholds(self) -> list[float]:
+        """The per-label decision thresholds in force (0.5 each until fitted)."""
+        if self.thresholds is None:
+            return [DEFAULT_THRESHOLD] * len(self.classes)
+        return list(self.thresholds.per_label)
 
     def image_preprocessing(self) -> Preprocessing:
         return Preprocessing.from_dict(self.preprocessing)
@@ -113,6 +143,8 @@ class ModelCard:
                                   f"({__version__}); supported: {', '.join(TASKS)}")
         if values.get("unknown") is not None:
             values["unknown"] = UnknownSetting(**values["unknown"])
+        if values.get("thresholds") is not None:
+            values["thresholds"] = _thresholds(values["thresholds"], len(values["classes"]), source)
         card = cls(**values)
         try:
             card.run_config  # noqa: B018 - validates the stored config now, with the file named
@@ -127,3 +159,15 @@ class ModelCard:
         except (json.JSONDecodeError, TypeError) as err:
             raise CheckpointError(f"{source}: damaged model card ({err})") from None
         return cls.from_dict(values, source)
+
+
+def _thresholds(values, num_classes: int, source: str) -> LabelThresholds:
+    """A card's stored thresholds, checked: one number in [0, 1] per class."""
+    try:
+        thresholds = LabelThresholds(**values)
+        ok = len(thresholds.per_label) == num_classes and all(0.0 <= float(t) <= 1.0 for t in thresholds.per_label)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{source}: model card thresholds are not one number in [0, 1] per class")
+    return thresholds

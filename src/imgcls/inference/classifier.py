@@ -54,6 +54,10 @@ class Classifier:
         self.config: RunConfig = card.run_config
         self.hierarchy = Hierarchy.from_map(self.classes, card.hierarchy) if card.hierarchy else None
         self.unknown = unknown if unknown is not None else UnknownRule.from_card(card)
+        # Multilabel: a sigmoid per label, and the set of labels at or above their thresholds.
+        self.multilabel = card.multilabel
+        self.thresholds = np.asarray(card.label_thresholds(), dtype=np.float64)
+        self.label_separator = " " if self.config.data.label_sep == "space" else self.config.data.label_sep
 
     @property
     def temperature(self) -> float:
@@ -98,8 +102,10 @@ class Classifier:
             return (infer(self.runner, images).float() / self.temperature).cpu().numpy()
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        """Class probabilities (n, C) of a preprocessed batch (n, 3, H, W)."""
-        return torch.from_numpy(self.scaled_logits(batch)).softmax(1).numpy()
+        """Class probabilities (n, C) of a preprocessed batch (n, 3, H, W): the softmax, or for
+        a multilabel model each label's sigmoid."""
+        logits = torch.from_numpy(self.scaled_logits(batch))
+        return (logits.sigmoid() if self.multilabel else logits.softmax(1)).numpy()
 
     def predict_proba(self, images: list[Image.Image]) -> np.ndarray:
         """Class probabilities (n, C) of in-memory PIL images."""
@@ -119,7 +125,7 @@ class Classifier:
         """:func:`~imgcls.inference.predictions.predict_loader` with this model's backend."""
         temperature = self.temperature if temperature is None else temperature
         return predict_loader(self.runner, loader, self.device, temperature=temperature, desc=desc,
-                              memory_format=self.backend.memory_format)
+                              memory_format=self.backend.memory_format, multilabel=self.multilabel)
 
     def predict(self, images, topk: int = 3, batch_size: int = 32, workers: int | None = 0) -> list[dict]:
         """Predict files, folders (searched recursively) or PIL images.
@@ -147,6 +153,14 @@ class Classifier:
         """Prediction rows of ``result`` (made at this model's temperature), one per name."""
         if result.logits is None or not len(result.indices):
             return []
+        return self.format_rows(result.logits, names, topk, result.coarse_probs)
+
+    def format_rows(self, scaled_logits: np.ndarray, names: list, topk: int,
+                    coarse_probs: np.ndarray | None = None) -> list[dict]:
+        """Prediction rows (:func:`~imgcls.inference.rows.format_predictions`) of (n, C)
+        ``logits / temperature`` with this model's classes, open-set rule and, for a
+        multilabel model, thresholds: what ``predict`` and the server both return."""
         coarse = self.hierarchy.coarse_classes if self.hierarchy is not None else None
-        return format_predictions(result.logits, self.classes, topk, self.unknown, self.temperature, names,
-                                  result.coarse_probs, coarse)
+        return format_predictions(scaled_logits, self.classes, topk, self.unknown, self.temperature, names,
+                                  coarse_probs, coarse, self.thresholds if self.multilabel else None,
+                                  self.label_separator)

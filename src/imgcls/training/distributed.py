@@ -118,6 +118,7 @@ def gather_predictions(ctx: DistContext, local: Predictions) -> Predictions:
         bad=[b for p in parts for b in p[5]],
         logits=_concat_optional([p[6] for p in parts], order),
         coarse_probs=_concat_optional([p[7] for p in parts], order),
+        multilabel=local.multilabel,
     )
 
 

@@ -37,6 +37,7 @@ from imgcls.inference.card import ModelCard
 from imgcls.inference.predictions import Predictions, predict_loader
 from imgcls.metrics.classification import topk_accuracy
 from imgcls.metrics.hierarchy import hierarchy_epoch_metrics
+from imgcls.metrics.multilabel import mean_average_precision, samples_f1
 from imgcls.models.backbones import starts_pretrained
 from imgcls.models.classifier import apply_freeze, build_model, parameter_counts, train_mode
 from imgcls.runtime import (amp_dtype, autocast, configure_cuda, configure_logging, log, memory_format_for, progress,
@@ -46,15 +47,17 @@ from imgcls.training.callbacks import Monitor
 from imgcls.training.distributed import DistContext
 from imgcls.training.budget import (INFERENCE_SPEEDUP, Budget, PhasePlan, evaluation_reserve, measure_step_seconds,
                                     phase_epochs)
-from imgcls.training.features import FeatureSet, extract_feature_set, head_fit, predict_val, train_head_epoch
+from imgcls.training.features import (FeatureSet, extract_feature_set, head_fit, predict_val, train_head_epoch,
+                                      usable_rows)
 from imgcls.training.lr_finder import RangeTest, make_step, range_test
 from imgcls.training.logs import BadFileLog, MetricsLog
-from imgcls.training.losses import build_criterion
+from imgcls.training.losses import build_criterion, check_task_options, plain_loss
 from imgcls.training.mixing import build_mixer
 from imgcls.training.optim import create_optimizer, create_scheduler, plan_schedule
 from imgcls.training.resume import ResumePoint, check_resume_config, check_same_classes, read_resume_point
 from imgcls.training.rundir import open_run_dir
 from imgcls.training.state import STATE_FILE, TrainState, save_state
+from imgcls.training.stats import EpochStats
 
 
 @dataclass
@@ -220,7 +223,7 @@ def _measure_step(trainer: Trainer) -> float:
         out = net(images, levels=True) if levels else net(images)
         return out[-1] if isinstance(out, tuple) else out
 
-    return measure_step_seconds(trainer.model, nn.functional.cross_entropy, batch.images, batch.targets,
+    return measure_step_seconds(trainer.model, plain_loss(trainer.config), batch.images, batch.targets,
                                 trainer.device, trainer.amp, forward)
 
 
@@ -277,21 +280,22 @@ def run_range_test(trainer: Trainer, phase: str, steps: int | None = None) -> Ra
 
 
 def _feature_loss(trainer: Trainer, generator: torch.Generator) -> Callable[[], torch.Tensor]:
-    features, head = trainer.features, trainer.model.head
-    usable = (features.train_targets >= 0).nonzero().flatten()
+    features, head, loss = trainer.features, trainer.model.head, plain_loss(trainer.config)
+    usable = usable_rows(features.train_targets)
     batch = trainer.loaders["train"].batch_size
     head.train()
 
     def compute() -> torch.Tensor:
         index = usable[torch.randint(len(usable), (batch,), generator=generator)]
         x, y = features.train[0, index].to(trainer.device), features.train_targets[index].to(trainer.device)
-        return nn.functional.cross_entropy(head(x), y)
+        return loss(head(x), y)
 
     return compute
 
 
 def _image_loss(trainer: Trainer) -> Callable[[], torch.Tensor]:
     batches = DeviceLoader(trainer.loaders["train"], trainer.device, trainer.memory_format)
+    loss = plain_loss(trainer.config)
     stream = iter(())
     train_mode(trainer.model, backbone_bn_eval=trainer.config.train.bn_eval and starts_pretrained(trainer.config.model))
 
@@ -303,7 +307,7 @@ def _image_loss(trainer: Trainer) -> Callable[[], torch.Tensor]:
             batch = next(stream, None)
         with autocast(trainer.device, trainer.amp):
             out = trainer.model(batch.images)
-        return nn.functional.cross_entropy(out.float(), batch.targets)
+        return loss(out.float(), batch.targets)
 
     return compute
 
@@ -329,6 +333,8 @@ def _discover(config: RunConfig) -> DatasetSplits:
     data = discover_run(config.data)
     check_trainable(data)
     check_stream_config(config, data)
+    config.data.task = data.task  # auto -> what the data holds, recorded in config.yaml and the model card
+    check_task_options(config)
     attach_hierarchy(config.data, data)
     return data
 
@@ -379,7 +385,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
     loader.sampler.set_epoch(epoch)
     train_mode(model, backbone_bn_eval=cfg.bn_eval and starts_pretrained(trainer.config.model))
     usable = len(loader) - len(loader) % accumulate  # an unfinished accumulation is dropped
-    loss_sum, correct, seen = 0.0, 0, 0
+    stats = EpochStats(trainer.data.multilabel)
     trainer.optimizer.zero_grad(set_to_none=True)
     batches = DeviceLoader(loader, trainer.device, trainer.memory_format)
     for i, batch in enumerate(progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=usable)):
@@ -391,7 +397,8 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
             continue
         if trainer.mixer is not None:
             images, targets = trainer.mixer(images, targets)
-        labels = targets.argmax(1) if targets.ndim > 1 else targets  # the dominant class of a mixed target
+        # the dominant class of a mixed target; multilabel targets are label sets, kept whole
+        labels = targets.argmax(1) if targets.ndim > 1 and not stats.multilabel else targets
         last_micro = (i + 1) % accumulate == 0
         with _maybe_no_sync(trainer, last_micro), autocast(trainer.device, trainer.amp):
             outputs = _forward(trainer, images)
@@ -400,12 +407,9 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
             trainer.scaler.scale(loss * weight / accumulate).backward()
         if last_micro:
             _optimizer_step(trainer)
-        loss_sum += loss.item() * len(batch)
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += len(batch)
+        stats.add(loss.item(), logits, labels, len(batch))
     distributed.sync_buffers(trainer.ctx, model)
-    loss_sum, correct, seen = distributed.sum_across(trainer.ctx, loss_sum, correct, seen)
-    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+    return stats.row(distributed.sum_across(trainer.ctx, *stats.totals()))
 
 
 def _forward(trainer: Trainer, images: torch.Tensor):
@@ -427,7 +431,9 @@ def _batch_tensors(trainer: Trainer, batch) -> tuple:
         images, targets, weight = batch.images, batch.targets, 1.0
     elif trainer.ctx.enabled:
         size = trainer.preprocessing.image_size
-        images, targets, weight = torch.zeros(2, 3, size, size), torch.zeros(2, dtype=torch.long), 0.0
+        images, weight = torch.zeros(2, 3, size, size), 0.0
+        classes = len(trainer.data.classes)
+        targets = torch.zeros(2, classes) if trainer.data.multilabel else torch.zeros(2, dtype=torch.long)
         images = images.to(trainer.device).contiguous(memory_format=trainer.memory_format)
     else:
         return None, None, 0.0
@@ -458,7 +464,7 @@ def _optimizer_step(trainer: Trainer) -> None:
 
 def _predict(trainer: Trainer, split: str) -> Predictions:
     local = predict_loader(trainer.evaluated, trainer.loaders[split], trainer.device, trainer.amp, desc=split,
-                           memory_format=trainer.memory_format)
+                           memory_format=trainer.memory_format, multilabel=trainer.data.multilabel)
     predictions = distributed.gather_predictions(trainer.ctx, local)
     trainer.bad_files.add(predictions.bad)
     return predictions
@@ -503,12 +509,14 @@ def _skip_finetune(trainer: Trainer, history: list[dict]) -> str | None:
         return None
     if cfg.finetune == "never":
         return "--finetune never"
-    fit = trainer.head_fit if trainer.head_fit is not None else history[-1]["train_acc"]
+    multilabel = trainer.data.multilabel  # the fit is then the micro-F1 of the head's label decisions
+    measure = "micro-F1" if multilabel else "top-1"
+    fit = trainer.head_fit if trainer.head_fit is not None else history[-1]["train_f1" if multilabel else "train_acc"]
     if fit < cfg.finetune_below:
-        log.info("fine-tuning: the head underfits the frozen features (train top-1 %.3f < --finetune-below %g)",
-                 fit, cfg.finetune_below)
+        log.info("fine-tuning: the head underfits the frozen features (train %s %.3f < --finetune-below %g)",
+                 measure, fit, cfg.finetune_below)
         return None
-    return (f"the head already fits the frozen features (train top-1 {fit:.3f} >= --finetune-below "
+    return (f"the head already fits the frozen features (train {measure} {fit:.3f} >= --finetune-below "
             f"{cfg.finetune_below:g}); --finetune always overrides")
 
 
@@ -524,6 +532,12 @@ def _set_phase(trainer: Trainer, epoch: int) -> str:
 def _epoch_row(trainer: Trainer, epoch: int, phase: str, train_stats: dict, val: Predictions, seconds: float) -> dict:
     k = min(trainer.config.train.topk, len(trainer.data.classes))
     lrs = {g["part"]: g["lr"] for g in trainer.optimizer.param_groups}
+    if trainer.data.multilabel:  # mAP (threshold-free) and samples-F1 at 0.5: thresholds are fitted after training
+        labelled = len(val.targets) > 0
+        return {"epoch": epoch + 1, "phase": phase, **train_stats, "val_loss": val.loss,
+                "val_map": mean_average_precision(val.targets, val.probs) if labelled else float("nan"),
+                "val_f1": samples_f1(val.targets, val.probs) if labelled else float("nan"),
+                "lr": lrs["head"], "backbone_lr": lrs.get("backbone", float("nan")), "seconds": round(seconds, 2)}
     return {
         "epoch": epoch + 1,
         "phase": phase,
@@ -552,8 +566,9 @@ def _save(trainer: Trainer, monitor: Monitor, history: list[dict], run_dir: Path
     the two is detected on resume rather than continued from mismatched files.
     """
     card = ModelCard(classes=list(trainer.data.classes), preprocessing=trainer.preprocessing.to_dict(),
-                     config=trainer.config.to_dict(), hierarchy=trainer.config.data.hierarchy_map, epoch=epoch,
-                     phase=phase, monitor=monitor.state_dict(), head_fit=trainer.head_fit)
+                     config=trainer.config.to_dict(), task=trainer.data.task,
+                     hierarchy=trainer.config.data.hierarchy_map, epoch=epoch, phase=phase,
+                     monitor=monitor.state_dict(), head_fit=trainer.head_fit)
     artifact.save_model(run_dir / artifact.LAST, trainer.model.state_dict(), card)
     save_state(run_dir / STATE_FILE, TrainState(
         epoch=epoch, step=trainer.step, optimizer=trainer.optimizer.state_dict(),
