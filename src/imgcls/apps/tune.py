@@ -23,13 +23,10 @@ import yaml
 
 from imgcls import api
 from imgcls.config import ConfigError, RunConfig
-from imgcls.runtime import log
+from imgcls.runtime import log, require
 
-try:  # optional: only `imgcls tune` needs it
-    import optuna
-    from optuna.trial import TrialState
-except ImportError:  # pragma: no cover - exercised only where the extra is missing
-    optuna = None
+# Optuna is the 'tune' extra: imported when a search starts (_require_optuna), not with the CLI.
+optuna = TrialState = None
 
 STUDY_FILE = "study.db"
 BEST_RECIPE = "best.yaml"
@@ -60,8 +57,9 @@ class TuneResult:
 
 
 def _require_optuna():
-    if optuna is None:
-        raise ConfigError("imgcls tune needs Optuna: pip install 'imgcls[tune]'")
+    global optuna, TrialState
+    optuna = require("optuna", "tune", "imgcls tune")
+    TrialState = optuna.trial.TrialState
 
 
 def load_space(path: str | Path | None) -> dict[str, dict]:

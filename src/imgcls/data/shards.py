@@ -111,6 +111,7 @@ def resolve(spec: str) -> ShardSet:
     module docstring). Raises DatasetError naming ``spec`` when there are no train or no val
     shards."""
     fsspec = require("fsspec", "wds", "wds: shards")
+    require("webdataset", "wds", "wds: shards")  # checked first: the shards are read with it
     target = spec[len(PREFIX):]
     pattern = any(c in target for c in "{*?[") or target.endswith(".tar")
     if pattern:

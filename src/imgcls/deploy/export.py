@@ -41,7 +41,7 @@ from imgcls.inference.backends import INPUT_NAME, LOGITS_NAME, PROBABILITIES_NAM
 from imgcls.inference.card import CARD_METADATA_KEY, ModelCard
 from imgcls.inference.loading import load
 from imgcls.options import ExportCommand
-from imgcls.runtime import log
+from imgcls.runtime import log, require
 
 PARITY_TOLERANCE = 1e-4
 MIN_INT8_AGREEMENT = 0.99
@@ -150,7 +150,7 @@ def export_graph(model: nn.Module, temperature: float, image_size: int, opset: i
     except Exception as err:  # noqa: BLE001 - any tracing failure: try the other exporter
         log.warning("torch.export-based ONNX export failed (%s); using the TorchScript exporter",
                     str(err).splitlines()[0][:200])
-    import onnx
+    onnx = require("onnx", "onnx", "ONNX export")  # the 'onnx' extra
 
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         target = Path(tmp) / "model.onnx"
@@ -169,7 +169,7 @@ def _quiet():
 
 
 def _save(model_proto, path: Path) -> None:
-    import onnx
+    onnx = require("onnx", "onnx", "ONNX export")  # the 'onnx' extra
 
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model_proto, str(path))  # one file: weights inline (< 2 GB for any timm classifier)
@@ -245,9 +245,12 @@ def quantize_int8(fp32_path: Path, out: Path, mode: str, calibration: list[torch
     weights (S8S8, its default and first choice; unsigned activations lost top-1 agreement
     in our tests). Dynamic needs no data but quantises weights only.
     """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    onnx = require("onnx", "onnx", "ONNX export")  # the 'onnx' extra
+    quantization = require("onnxruntime.quantization", "onnx", "--int8")
+    CalibrationMethod, QuantFormat, QuantType = (quantization.CalibrationMethod, quantization.QuantFormat,
+                                                 quantization.QuantType)
+    quantize_dynamic, quantize_static = quantization.quantize_dynamic, quantization.quantize_static
+    quant_pre_process = require("onnxruntime.quantization.shape_inference", "onnx", "--int8").quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         prepared = Path(tmp) / "prepared.onnx"
@@ -369,7 +372,7 @@ def _export_int8(report: ExportReport, classifier, graph: nn.Module, data, val: 
         report.calibration_images = sum(len(b) for b in calibration)
     out = int8_output(report.path)
     quantize_int8(report.path, out, mode, calibration)
-    import onnx
+    onnx = require("onnx", "onnx", "ONNX export")  # the 'onnx' extra
 
     proto = onnx.load(str(out))
     set_metadata(proto, metadata_for(classifier.card, classifier.source, f"int8-{mode}"))

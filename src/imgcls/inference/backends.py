@@ -16,7 +16,7 @@ from torch import nn
 
 from imgcls.errors import CheckpointError
 from imgcls.inference.card import CARD_METADATA_KEY, ModelCard
-from imgcls.runtime import memory_format_for
+from imgcls.runtime import memory_format_for, require
 
 INPUT_NAME = "images"
 LOGITS_NAME = "logits"
@@ -67,7 +67,7 @@ class OnnxBackend:
 
 def providers_for(device: str = "auto") -> list[str]:
     """ONNX Runtime execution providers for an imgcls ``--device`` value."""
-    import onnxruntime as ort  # optional at import time: only ONNX users need it
+    ort = require("onnxruntime", "onnx", "ONNX models")  # the 'onnx' extra, imported on first use
 
     available = ort.get_available_providers()
     cuda = "CUDAExecutionProvider" in available and torch.cuda.is_available()
@@ -84,7 +84,7 @@ def providers_for(device: str = "auto") -> list[str]:
 
 def open_session(path: str | Path, device: str = "auto", threads: int | None = None):
     """An ``onnxruntime.InferenceSession``; unreadable files raise a one-line CheckpointError."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "onnx", "ONNX models")
 
     path = Path(path)
     if not path.is_file():

@@ -18,7 +18,7 @@ import numpy as np
 from imgcls.apps.cv import read_oof_probabilities
 from imgcls.apps.doctor.groups import HELD_OUT, Finding, flag_leak
 from imgcls.apps.doctor.scan import FileRecord
-from imgcls.runtime import log
+from imgcls.runtime import log, require
 
 
 @dataclass
@@ -109,7 +109,7 @@ def _flag_label_issues(records: list[FileRecord], labels: np.ndarray, probs: np.
                        classes: list[str]) -> list[Finding]:
     """Confident learning (cleanlab ``find_label_issues``) over (n,) labels and (n, K) out-of-fold
     probabilities; one ``label_error`` finding per flagged record, least likely label first."""
-    from cleanlab.filter import find_label_issues  # optional: only the label check needs it
+    find_label_issues = require("cleanlab.filter", "doctor", "doctor --label-check").find_label_issues
 
     issues = find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
     findings = []
