@@ -16,6 +16,7 @@ from imgcls.evaluation.calibration import fit_calibration
 from imgcls.evaluation.evaluate import Evaluation, evaluate as evaluate_set, load_split
 from imgcls.evaluation.openset import check_config as check_openset_config
 from imgcls.evaluation.openset import fit_unknown_setting
+from imgcls.evaluation.notebook import show_confusion, show_predictions, show_samples
 from imgcls.evaluation.report import write_report
 from imgcls.inference import artifact
 from imgcls.inference.classifier import Classifier
@@ -27,7 +28,8 @@ from imgcls.training.loop import TrainResult
 from imgcls.training.loop import train as _train_loop
 from imgcls.training.tracking import make_tracker
 
-__all__ = ["evaluate", "load", "make_config", "report", "train"]
+__all__ = ["evaluate", "load", "make_config", "report", "show_confusion", "show_predictions", "show_samples",
+           "train"]
 
 
 def make_config(data: str | Path | None = None, config: RunConfig | str | Path | None = None,
