@@ -11,13 +11,14 @@ import os
 from pathlib import Path
 
 from imgcls.config import RunConfig
-from imgcls.data.sources import DatasetError
+from imgcls.data.sources import DatasetError, sample_targets
 from imgcls.evaluation.calibration import fit_calibration
 from imgcls.evaluation.evaluate import Evaluation, evaluate as evaluate_set, load_split
 from imgcls.evaluation.openset import check_config as check_openset_config
 from imgcls.evaluation.openset import fit_unknown_setting
 from imgcls.evaluation.notebook import show_confusion, show_predictions, show_samples
 from imgcls.evaluation.report import write_report
+from imgcls.evaluation.thresholds import fit_thresholds
 from imgcls.inference import artifact
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.loading import load
@@ -83,6 +84,11 @@ def train(data: str | Path | None = None, *, config: RunConfig | str | Path | No
                 evaluation.metrics["files"]["report"] = str(write_report(classifier, evaluation,
                                                                          result.run_dir / "report.html"))
             result.metrics[split] = evaluation.metrics
+            if classifier.multilabel:
+                log.info("%s: mAP %.4f  samples-F1 %.4f  micro-F1 %.4f  (%s)", split, evaluation.metrics["map_macro"],
+                         evaluation.metrics["f1_samples"], evaluation.metrics["f1_micro"],
+                         evaluation.metrics["files"]["json"])
+                continue
             log.info("%s: top-1 %.4f  macro-F1 %.4f  (%s)", split, evaluation.metrics["top1"],
                      evaluation.metrics["f1_macro"], evaluation.metrics["files"]["json"])
     if tracker is not None:
@@ -110,7 +116,8 @@ def fit_on_validation(classifier: Classifier, plain_val: Predictions | None = No
     through the test-time augmentation the run asks for; store them and the TTA mode in the
     model file's card (the one place fitted values are applied) and return the updated
     classifier and its temperature-1 val predictions (None when the run's val images
-    cannot be read any more: the stored values are then kept).
+    cannot be read any more: the stored values are then kept). A multilabel model gets its
+    decision thresholds instead (:func:`imgcls.evaluation.thresholds.fit_thresholds`).
 
     ``plain_val``: val predictions of the model without TTA at temperature 1, if at hand.
     """
@@ -123,19 +130,25 @@ def fit_on_validation(classifier: Classifier, plain_val: Predictions | None = No
         log.warning("temperature scaling skipped: the run's validation split is not readable (%s)", err)
         return classifier, None
     if raw_val is None:
-        index = {name: i for i, name in enumerate(classifier.classes)}
-        raw_val = classifier.predictions([s.path for s in samples], [index[s.label] for s in samples],
+        raw_val = classifier.predictions([s.path for s in samples], sample_targets(samples, classifier.classes),
                                          batch_size, workers, temperature=1.0)
+    if classifier.multilabel:  # temperature scaling and the open-set rule are single-label ideas
+        return _store_fitted(classifier, thresholds=fit_thresholds(raw_val, classifier.classes), tta=tta), raw_val
     calibration = fit_calibration(raw_val)
     temperature = calibration["temperature"]
     unknown = fit_unknown_setting(classifier.config.train, at_temperature(raw_val, temperature), temperature)
-    changes = {"temperature": temperature, "calibration": calibration, "unknown": unknown, "tta": tta}
+    return _store_fitted(classifier, temperature=temperature, calibration=calibration, unknown=unknown,
+                         tta=tta), raw_val
+
+
+def _store_fitted(classifier: Classifier, **changes) -> Classifier:
+    """The classifier with ``changes`` applied to its card, stored in its model file."""
     try:
         card = artifact.update_card(classifier.source, **changes)
     except OSError as err:  # a read-only model file still gets a report; the values are used in memory
         log.warning("%s: cannot store the fitted values (%s); they are used for this run only", classifier.source, err)
         card = classifier.card.replace(**changes)
-    return classifier.with_card(card), raw_val
+    return classifier.with_card(card)
 
 
 def evaluate(model: Classifier | str | Path, data: str | Path | None = None, split: str | None = None,
@@ -153,7 +166,8 @@ def evaluate(model: Classifier | str | Path, data: str | Path | None = None, spl
         classifier = classifier.with_tta(tta)
     if classifier.backend.name != "pytorch":
         report = False  # Grad-CAM and the size table need the PyTorch network
-    if report and classifier.card.calibration is None and classifier.run_dir is not None:
+    fitted = classifier.card.thresholds if classifier.multilabel else classifier.card.calibration
+    if report and fitted is None and classifier.run_dir is not None:
         classifier, _ = fit_on_validation(classifier, batch_size=batch_size, workers=workers)
     evaluation: Evaluation = evaluate_set(classifier, data, split, out_dir, batch_size, workers, unknown)
     if report:

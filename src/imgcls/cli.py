@@ -29,6 +29,7 @@ from imgcls.apps.tune import load_space, tune
 from imgcls.apps.doctor.report import blocking_note, summary
 from imgcls.config import ConfigError, DataConfig, RunConfig
 from imgcls.deploy.export import export_checkpoint
+from imgcls.deploy.serve import serve
 from imgcls.errors import UserError
 from imgcls.evaluation import figures
 from imgcls.evaluation.figures import figure_bytes
@@ -38,7 +39,7 @@ from imgcls.evaluation.openset import format_openset_lines
 from imgcls.inference.rows import write_predictions_csv
 from imgcls.metrics.classification import format_metrics_table
 from imgcls.metrics.hierarchy import format_hierarchy_lines
-from imgcls.runtime import require
+from imgcls.metrics.multilabel import format_multilabel_table
 from imgcls.options import (COMMANDS, PREVIEW_IMAGE_SIZE, AugmentPreviewCommand, Cifar100Command, ConvertCommand,
                             CvCommand, DemoCommand, DoctorCommand, EvalCommand, ExplainCommand, ExportCommand,
                             LrFindCommand, PredictCommand, RecipeCommand, ReportCommand, RunsCommand, ServeCommand,
@@ -209,6 +210,10 @@ def _print_outputs(result) -> None:
     print(f"best checkpoint: {result.best_checkpoint}")
     print(f"metrics per epoch: {result.run_dir / 'metrics.csv'}   tensorboard: {result.run_dir / 'tensorboard'}")
     for split, metrics in result.metrics.items():
+        if metrics.get("task") == "multilabel":
+            print(f"{split:5s} mAP {metrics['map_macro']:.4f}  samples-F1 {metrics['f1_samples']:.4f}  "
+                  f"micro-F1 {metrics['f1_micro']:.4f}  -> {metrics['files']['json']}")
+            continue
         print(f"{split:5s} top-1 {metrics['top1']:.4f}  top-{metrics['topk']} {metrics['topk_accuracy']:.4f}  "
               f"macro-F1 {metrics['f1_macro']:.4f}  -> {metrics['files']['json']}")
         if "coarse" in metrics:
@@ -219,7 +224,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     o = _options(EvalCommand, args)
     metrics = api.evaluate(o.checkpoint, o.data, split=o.split, out_dir=o.out, batch_size=o.batch_size,
                            report=o.report, unknown=o.unknown, device=o.device, tta=o.tta)
-    print(format_metrics_table(metrics))
+    print(format_multilabel_table(metrics) if metrics.get("task") == "multilabel" else format_metrics_table(metrics))
     if "coarse" in metrics:
         print("\n" + "\n".join(format_hierarchy_lines(metrics)))
     if "openset" in metrics:
@@ -235,6 +240,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     o = _options(ReportCommand, args)
     metrics = api.report(o.checkpoint, o.data, split=o.split, out=o.out, device=o.device, batch_size=o.batch_size)
+    if metrics.get("task") == "multilabel":
+        print(f"{metrics['split']}: mAP {metrics['map_macro']:.4f}  samples-F1 {metrics['f1_samples']:.4f}  "
+              f"micro-F1 {metrics['f1_micro']:.4f}")
+        print(f"report: {metrics['files']['report']}")
+        return 0
     print(f"{metrics['split']}: top-1 {metrics['top1']:.4f}  top-{metrics['topk']} {metrics['topk_accuracy']:.4f}  "
           f"macro-F1 {metrics['f1_macro']:.4f}  ECE {metrics['ece']:.4f}")
     print(f"report: {metrics['files']['report']}")
@@ -352,8 +362,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     o = _options(ServeCommand, args)
-    # FastAPI and uvicorn are the 'serve' extra: the server module is imported only to serve.
-    require("imgcls.deploy.serve", "serve", "imgcls serve").serve(o.settings, api_key=o.api_key)
+    serve(o.settings, api_key=o.api_key)
     return 0
 
 

@@ -6,6 +6,9 @@ folders without split folders, the whole folder: it is one evaluation set.
 Where the files go: ``<run>/eval-<split>/`` for the run's own data, and a folder named
 after the data otherwise (``eval-on-<data>[-<split>]/``), so evaluating other data never
 replaces the run's own results (which the leaderboard reads).
+
+A multilabel model is scored with :mod:`imgcls.metrics.multilabel` at its card's thresholds
+and writes ``eval_per_label.csv`` and ``eval_cooccurrence.csv`` beside ``eval.json``.
 """
 
 from __future__ import annotations
@@ -20,16 +23,18 @@ import numpy as np
 from imgcls.config import RunConfig
 from imgcls.data.hierarchy import Hierarchy
 from imgcls.data.sources import (UNKNOWN_FOLDER, DatasetError, DatasetSplits, Sample, discover, discover_run,
-                                 find_split_folders, is_nested, list_images, scan_class_folders)
+                                 find_split_folders, is_nested, list_images, sample_targets, scan_class_folders)
 from imgcls.evaluation.openset import evaluate_unknown_images, known_rejection
 from imgcls.inference import artifact
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.predictions import Predictions, at_temperature
 from imgcls.metrics.classification import classification_metrics, write_metrics
 from imgcls.metrics.hierarchy import hierarchy_metrics
+from imgcls.metrics.multilabel import multilabel_metrics, write_multilabel_metrics
 
 WHOLE = "all"  # the split name of a dataset evaluated whole
 PLAIN_KEYS = ("top1", "topk_accuracy", "f1_macro", "log_loss", "ece", "loss")
+MULTILABEL_PLAIN_KEYS = ("map_macro", "map_micro", "f1_samples", "f1_micro", "loss")
 
 
 @dataclass
@@ -50,6 +55,9 @@ def load_split(data: str | Path | None, config: RunConfig, split: str | None) ->
     ``test`` when there is one, else ``val``. Raises DatasetError for a split that is not there.
     """
     nested = is_nested(config.data.hierarchy)
+    if config.data.task == "multilabel" and (data is not None and Path(data).is_dir() or split == WHOLE):
+        raise DatasetError(f"{data or config.data.path}: a multilabel model is evaluated on a split of a CSV "
+                           "manifest with a 'labels' column (--split train|val|test), not on class folders")
     if data is not None and Path(data).is_dir() and (split == WHOLE or not find_split_folders(Path(data))):
         if split not in (None, WHOLE):
             raise DatasetError(f"{data}: a folder of class folders without train/val/test folders is evaluated "
@@ -90,16 +98,25 @@ def evaluate_samples(classifier: Classifier, samples: list[Sample], batch_size: 
     no image decodes.
     """
     index = {name: i for i, name in enumerate(classifier.classes)}
-    unknown = sorted({s.label for s in samples} - set(index))
+    if samples and classifier.multilabel != (samples[0].labels is not None):
+        raise DatasetError(f"a {'multilabel' if classifier.multilabel else 'single-label'} model cannot be scored on "
+                           f"{'label sets' if not classifier.multilabel else 'single labels'}")
+    given = {label for s in samples for label in s.labels} if classifier.multilabel else {s.label for s in samples}
+    unknown = sorted(given - set(index))
     if unknown:
         raise DatasetError(f"classes {unknown} are not among the model's {len(classifier.classes)} classes "
                            f"({', '.join(classifier.classes[:10])}{', ...' if len(index) > 10 else ''})")
     if raw is None:
-        raw = classifier.predictions([s.path for s in samples], [index[s.label] for s in samples], batch_size,
-                                     workers, temperature=1.0)
+        raw = classifier.predictions([s.path for s in samples], sample_targets(samples, classifier.classes),
+                                     batch_size, workers, temperature=1.0)
     predictions = at_temperature(raw, classifier.temperature)
     if not len(predictions.targets):
         raise DatasetError("no image of the evaluated set could be decoded")
+    if classifier.multilabel:
+        metrics = multilabel_metrics(predictions.targets, predictions.probs, classifier.classes, classifier.thresholds)
+        metrics["loss"] = predictions.loss
+        metrics["skipped"] = [{"path": str(b.path), "reason": b.reason} for b in predictions.bad]
+        return metrics, predictions
     topk = classifier.config.train.topk
     metrics = classification_metrics(predictions.targets, predictions.probs, classifier.classes, topk=topk)
     if classifier.hierarchy is not None and predictions.coarse_probs is not None:
@@ -129,6 +146,8 @@ def write_eval(evaluation: Evaluation, classes: list[str], out_dir: Path,
     """``eval.json``, the confusion matrix and per-class CSVs, and one row per image (with
     coarse columns and ``eval_coarse_*`` CSVs for a hierarchical model)."""
     metrics, predictions, samples = evaluation.metrics, evaluation.predictions, evaluation.samples
+    if predictions.multilabel:
+        return _write_multilabel_eval(evaluation, classes, out_dir)
     paths = write_metrics(metrics, out_dir, prefix="eval")
     levels = hierarchy is not None and predictions.coarse_probs is not None and "coarse" in metrics
     if levels:
@@ -154,6 +173,37 @@ def write_eval(evaluation: Evaluation, classes: list[str], out_dir: Path,
     return paths
 
 
+def _write_multilabel_eval(evaluation: Evaluation, classes: list[str], out_dir: Path) -> dict[str, Path]:
+    """``eval.json``, the per-label and co-occurrence CSVs, and one row per image: its true and
+    predicted label sets, whether they are equal, its binary cross-entropy (mean over the
+    labels) and every label's probability."""
+    predictions, samples = evaluation.predictions, evaluation.samples
+    paths = write_multilabel_metrics(evaluation.metrics, out_dir, prefix="eval")
+    thresholds = np.asarray(evaluation.metrics["thresholds"])
+    losses = image_losses(predictions)
+    rows = out_dir / "eval_predictions.csv"
+    with rows.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "labels", "predicted", "exact", "loss", *[f"p_{name}" for name in classes]])
+        for row, (i, probs) in enumerate(zip(predictions.indices, predictions.probs)):
+            chosen = [classes[c] for c in np.flatnonzero(probs >= thresholds)]
+            truth = list(samples[i].labels)
+            writer.writerow([samples[i].path, ";".join(truth), ";".join(chosen), int(truth == chosen),
+                             f"{losses[row]:.6f}", *[f"{p:.6f}" for p in probs]])
+    paths["predictions"] = rows
+    return paths
+
+
+def image_losses(predictions: Predictions) -> np.ndarray:
+    """(n,) loss of each image: the negative log-likelihood of its label (single-label), or the
+    binary cross-entropy of its label set averaged over the labels (multilabel)."""
+    probs = np.clip(predictions.probs, 1e-12, 1 - 1e-12)
+    if predictions.multilabel:
+        y = np.asarray(predictions.targets, dtype=np.float64)
+        return -(y * np.log(probs) + (1 - y) * np.log(1 - probs)).mean(1)
+    return -np.log(probs[np.arange(len(probs)), predictions.targets])
+
+
 def evaluate(classifier: Classifier, data: str | Path | None = None, split: str | None = None,
              out_dir: str | Path | None = None, batch_size: int = 64, workers: int | None = None,
              unknown: str | Path | None = None, raw: Predictions | None = None,
@@ -168,7 +218,8 @@ def evaluate(classifier: Classifier, data: str | Path | None = None, split: str 
     if classifier.tta != "none":  # the same model without TTA, for comparison
         plain, _ = evaluate_samples(classifier.with_tta("none"), samples, batch_size, workers, plain_raw)
         metrics["tta"] = classifier.tta
-        metrics["without_tta"] = {key: plain[key] for key in PLAIN_KEYS}
+        metrics["without_tta"] = {key: plain[key] for key in (MULTILABEL_PLAIN_KEYS if classifier.multilabel
+                                                              else PLAIN_KEYS)}
     metrics["split"] = split
     metrics["model"] = str(classifier.source) if classifier.source else None
     if data is not None:

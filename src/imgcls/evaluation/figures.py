@@ -69,15 +69,20 @@ def _mark_phases(ax, history: list[dict], best_epoch: int | None) -> None:
 
 
 def training_curves(history: list[dict], best_epoch: int | None = None) -> list[dict[str, str]]:
-    """Loss, accuracy (train, val top-1, val top-k) and learning rate per epoch."""
+    """Loss, accuracy (train, val top-1, val top-k; multilabel runs: train micro-F1, val mAP
+    and samples-F1) and learning rate per epoch."""
     if not history:
         return []
     epochs = _series(history, "epoch")
     topk_key = next((k for k in history[0] if k.startswith("val_top")), None)
+    scores = ("Accuracy", [("train top-1", "train_acc", BLUE), ("val top-1", "val_acc", ORANGE)]
+              + ([(f"val top-{topk_key[7:]}", topk_key, GREEN)] if topk_key else []), False)
+    if "val_map" in history[0]:  # a multilabel run logs mAP and F1 instead of accuracy
+        scores = ("mAP and F1", [("train micro-F1", "train_f1", BLUE), ("val mAP", "val_map", ORANGE),
+                                 ("val samples-F1", "val_f1", GREEN)], False)
     panels = [
         ("Loss", [("train", "train_loss", BLUE), ("val", "val_loss", ORANGE)], False),
-        ("Accuracy", [("train top-1", "train_acc", BLUE), ("val top-1", "val_acc", ORANGE)]
-         + ([(f"val top-{topk_key[7:]}", topk_key, GREEN)] if topk_key else []), False),
+        scores,
         # Linear, not log: cosine schedules end at exactly 0, which a log axis would drop.
         ("Learning rate", [("head", "lr", BLUE), ("backbone", "backbone_lr", ORANGE)], False),
     ]
@@ -94,7 +99,7 @@ def training_curves(history: list[dict], best_epoch: int | None = None) -> list[
         ax.xaxis.get_major_locator().set_params(integer=True)
         if log_scale:
             ax.set_yscale("log")
-        if title == "Accuracy":
+        if title in ("Accuracy", "mAP and F1"):
             ax.set_ylim(top=1.02)
         ax.legend(frameon=False, fontsize=8)
         figures.append({"title": title, "uri": figure_uri(fig)})

@@ -4,7 +4,8 @@ Written at the end of every ``train`` (``<run>/report.html``) and ``eval``
 (``<eval folder>/report.html``). Everything is inline (CSS, a few lines of JS for sorting,
 figures and images as data URIs), so the file can be mailed, archived or opened offline.
 The page is rendered by a Jinja2 template (``templates/report.html.j2``); this module
-gathers what it shows.
+gathers what it shows (for a multilabel model, :mod:`imgcls.evaluation.multilabel_report`
+gathers the sections that differ).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from imgcls.evaluation.calibration import raw_logits
 from imgcls.evaluation.evaluate import Evaluation
 from imgcls.evaluation.explain import GradCamExplainer, display_crop, overlay
 from imgcls.evaluation.model_size import hardware_summary, model_size
+from imgcls.evaluation.multilabel_report import multilabel_sections
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.predictions import Predictions
 from imgcls.metrics.calibration import calibration_summary
@@ -55,23 +57,31 @@ def write_report(classifier: Classifier, evaluation: Evaluation, out_path: str |
     card = classifier.card
     context = {
         "title": _run_name(classifier),
+        "task": card.task,
         "metrics": metrics,
-        "headline": _headline(metrics, classifier),
         "summary": _summary(classifier, metrics, history, evaluation.data, counts),
         "config_yaml": yaml.safe_dump(card.config, sort_keys=False),
         "curves": figures.training_curves(history, _best_epoch(card)),
         "training_extras": _training_extras(classifier),
-        "metric_rows": _metric_rows(metrics),
-        "per_class": _per_class_rows(metrics, counts),
-        "best_worst": _best_worst(metrics),
-        "confusion": figures.confusion_figures(np.array(metrics["confusion_matrix"]), classifier.classes),
-        "pairs": _confused_pairs(classifier, metrics, predictions, samples),
-        "calibration": _calibration(classifier, metrics, predictions, own_val=metrics["split"] == "val"
-                                    and evaluation.data is None),
-        "gallery": _gallery(classifier, predictions, samples, gallery_size),
+    }
+    if classifier.multilabel:
+        context.update(multilabel_sections(classifier, evaluation, counts, min(gallery_size, 12)))
+    else:
+        context.update({
+            "headline": _headline(metrics, classifier),
+            "metric_rows": _metric_rows(metrics),
+            "per_class": _per_class_rows(metrics, counts),
+            "best_worst": _best_worst(metrics),
+            "confusion": figures.confusion_figures(np.array(metrics["confusion_matrix"]), classifier.classes),
+            "pairs": _confused_pairs(classifier, metrics, predictions, samples),
+            "calibration": _calibration(classifier, metrics, predictions, own_val=metrics["split"] == "val"
+                                        and evaluation.data is None),
+            "gallery": _gallery(classifier, predictions, samples, gallery_size),
+        })
+    context.update({
         "size": _size_rows(classifier, state, LATENCY_BUDGET_S if latency_budget_s is None else latency_budget_s),
         "skipped": metrics.get("skipped", []),
-    }
+    })
     context["generated"] = {"at": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
                             "seconds": time.perf_counter() - started}
     out_path.write_text(render(context), encoding="utf-8")
