@@ -25,7 +25,8 @@ def test_codes_are_stable():
         "zero_byte", "not_image", "unreadable", "truncated", "decompression_bomb", "duplicate",
         "conflicting_label", "leak", "unknown_class", "ext_mismatch", "mode_cmyk", "mode_16bit", "mode_alpha",
         "mode_palette", "mode_grayscale", "tiny", "unlabeled", "label_error", "imbalance", "unused", "empty_class",
-        "split_folder", "one_class", "empty_split", "small_split", "ambiguous_layout", "extra_level"]
+        "split_folder", "one_class", "empty_split", "small_split", "ambiguous_layout", "extra_level",
+        "label_missing", "label_always", "empty_labels"]
     assert BLOCKING == {"zero_byte", "not_image", "unreadable", "truncated", "decompression_bomb", "duplicate",
                         "conflicting_label", "leak", "unknown_class", "one_class", "empty_split", "small_split",
                         "ambiguous_layout", "extra_level"}

@@ -52,13 +52,18 @@ PROBLEMS = {p.code: p for p in (
     Problem("ambiguous_layout", ERROR, "the folders read two ways, or two folders name one split: training "
                                        "refuses the dataset (dataset-level)"),
     Problem("extra_level", ERROR, "the dataset sits one folder deeper than the path given: training refuses it"),
+    Problem("label_missing", WARNING, "multilabel: a label no image of a split carries: it cannot be learnt (train) "
+                                      "or measured (val/test) there (dataset-level)"),
+    Problem("label_always", WARNING, "multilabel: a label every training image carries: nothing to learn "
+                                     "(dataset-level)"),
+    Problem("empty_labels", INFO, "multilabel: images with an empty label set, valid negatives (counted per split)"),
 )}
 
 BLOCKING = frozenset(code for code, p in PROBLEMS.items() if p.severity == ERROR)
 
 # Codes about a folder or the whole dataset, not a file: counted by findings, never moved by --fix.
 DATASET_LEVEL = frozenset({"imbalance", "empty_class", "split_folder", "one_class", "empty_split", "small_split",
-                           "ambiguous_layout", "extra_level"})
+                           "ambiguous_layout", "extra_level", "label_missing", "label_always", "empty_labels"})
 
 # Extensions each Pillow format is expected under. A format missing here is only checked
 # against IMAGE_EXTENSIONS (whether training picks the file up by its name or by content).

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from imgcls.apps.doctor.checks import BLOCKING, DATASET_LEVEL, PROBLEMS
 from imgcls.apps.doctor.groups import Finding, class_balance, dataset_checks
+from imgcls.apps.doctor.labelsets import label_set_checks
 from imgcls.apps.doctor.layout import LayoutReport, layout_checks
 from imgcls.apps.doctor.scan import FileRecord, find_files, scan_files
 from imgcls.apps.doctor.deep import embed, embedding_leaks, label_errors, label_errors_from_cv
@@ -26,6 +28,7 @@ class DoctorReport:
     balance: dict
     seconds: dict[str, float] = field(default_factory=dict)
     dataset: LayoutReport = field(default_factory=LayoutReport)  # the layout as training reads it
+    labels: dict | None = None  # a multilabel manifest's label-set statistics (labelsets.label_set_checks)
 
     @property
     def flagged(self) -> list[FileRecord]:
@@ -65,7 +68,12 @@ def run_doctor(data: str | Path, options: DoctorOptions | None = None, embedder=
     dataset = layout_checks(Path(data), files.root, records)
     findings = dataset.findings + findings
     balance = class_balance(records, options.imbalance_ratio)
+    label_stats, label_findings = label_set_checks(records)
+    findings += label_findings
     seconds["cross-file checks"] = time.perf_counter() - started
+    if options.label_check and label_stats is not None:
+        log.warning("doctor: --label-check is for single-label data; skipped for this multilabel manifest")
+        options = dataclasses.replace(options, label_check=False)
     if options.label_check and options.cv:
         started = time.perf_counter()
         findings += label_errors_from_cv(records, options.cv)
@@ -74,7 +82,7 @@ def run_doctor(data: str | Path, options: DoctorOptions | None = None, embedder=
         embedder = embedder or BackboneEmbedder(options.backbone, options.pretrained, options.feature_size,
                                                 options.batch_size, options.workers, options.device)
         findings += _feature_checks(records, findings, options, seconds, embedder)
-    return DoctorReport(files.root, files.layout, options, records, findings, balance, seconds, dataset)
+    return DoctorReport(files.root, files.layout, options, records, findings, balance, seconds, dataset, label_stats)
 
 
 def _feature_checks(records: list[FileRecord], findings: list[Finding], options: DoctorOptions,

@@ -49,9 +49,21 @@ def dataset_checks(records: list[FileRecord], near_distance: int) -> list[Findin
     return findings
 
 
+def labelled(record: FileRecord) -> bool:
+    """Does the record have a label: a class folder, a manifest label, or a label set (even empty)?"""
+    return bool(record.label) or record.labels is not None
+
+
+def labels_of(record: FileRecord) -> tuple[str, ...]:
+    """The record's labels: its label set (multilabel), else its one class (or none)."""
+    if record.labels is not None:
+        return record.labels
+    return (record.label,) if record.label else ()
+
+
 def check_strays(records: list[FileRecord]) -> None:
     for record in records:
-        if record.label:
+        if labelled(record):
             continue
         if "not_image" in record.problems and record.path.name.lower() not in JUNK_NAMES:
             del record.problems["not_image"]
@@ -64,7 +76,7 @@ def exact_copies(records: list[FileRecord]) -> list[Finding]:
     """Byte-identical files: under two classes (conflict) or twice in one class (duplicate)."""
     by_hash: dict[str, list[FileRecord]] = defaultdict(list)
     for record in records:
-        if record.format and record.label:
+        if record.format and labelled(record):
             by_hash[record.content_hash].append(record)
     findings = []
     for group in by_hash.values():
@@ -148,10 +160,15 @@ def _hash_array(records: list[FileRecord]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_unknown_classes(records: list[FileRecord]) -> None:
-    known = {r.label for r in records if r.split == "train" and r.label and is_image_file(r.path)}
+    known = {label for r in records if r.split == "train" and is_image_file(r.path) for label in labels_of(r)}
     if not known:
         return
     for record in records:
+        if record.labels is not None:  # a label set: each of its labels must be a trained one
+            new = [label for label in record.labels if label not in known]
+            if record.split in ("val", "test") and new:
+                record.flag("unknown_class", f"label(s) {', '.join(new)} on no training image")
+            continue
         # unknown/ under val or test holds out-of-distribution images on purpose (open-set eval)
         set_aside = record.label == UNKNOWN_FOLDER
         if record.split in ("val", "test") and record.label and record.label not in known and not set_aside:
@@ -159,11 +176,13 @@ def check_unknown_classes(records: list[FileRecord]) -> None:
 
 
 def class_balance(records: list[FileRecord], ratio_limit: float) -> dict:
-    """Images per class and split (files training would pick up), and the train max/min ratio."""
+    """Images per class and split (files training would pick up), and the train max/min ratio.
+    For label sets, images per label (an image counts once for each of its labels)."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for record in records:
-        if record.label and record.split and is_image_file(record.path):
-            counts[record.split][record.label] += 1
+        if record.split and is_image_file(record.path):
+            for label in labels_of(record):
+                counts[record.split][label] += 1
     train = counts.get("train", {})
     classes = sorted({label for split in counts.values() for label in split})
     ratio = max(train.values()) / min(train.values()) if train and min(train.values()) else float("nan")

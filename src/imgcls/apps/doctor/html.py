@@ -58,7 +58,15 @@ figure.flagged img { outline: 3px solid #b00020; }
 <span class="warning">: imbalanced, consider <code>imgcls train --balance weights</code></span>{% endif %}</p>
 <table>{% for name, n in train_counts.items() %}<tr><td>{{ name }}</td><td>{{ n }}</td>
 <td><span class="bar" style="width: {{ (300 * n / largest)|round|int }}px"></span></td></tr>{% endfor %}</table>{% endif %}
-{% for section in sections %}<h2 id="{{ section.code }}">{{ section.title }} ({{ section.total }})</h2>
+{% if data.label_sets %}<h2 id="label_sets">Label sets ({{ data.label_sets.labels|length }} labels)</h2>
+<p class="note">Images carrying each label, per split (an image counts once for each of its labels).</p>
+<table><tr><th>label</th>{% for split in data.label_sets.splits %}<th>{{ split }}</th>{% endfor %}</tr>
+{% for label in data.label_sets.labels %}<tr><td>{{ label }}</td>{% for s in data.label_sets.splits.values() %}<td>{{ s.counts[label] }}</td>{% endfor %}</tr>
+{% endfor %}<tr><td class="note">images / labels per image / without a label</td>{% for s in data.label_sets.splits.values() %}<td>{{ s.images }} / {{ "%.2f"|format(s.mean_labels) }} / {{ s.empty }}</td>{% endfor %}</tr></table>
+{% if data.label_sets.labels|length <= 40 %}<h3>Co-occurrence (train)</h3><p class="note">Training images carrying both labels; the diagonal: each label's count.</p>
+<table><tr><th></th>{% for label in data.label_sets.labels %}<th>{{ label }}</th>{% endfor %}</tr>
+{% for row in data.label_sets.cooccurrence %}<tr><th>{{ data.label_sets.labels[loop.index0] }}</th>{% for n in row %}<td>{{ n }}</td>{% endfor %}</tr>
+{% endfor %}</table>{% endif %}{% endif %}{% for section in sections %}<h2 id="{{ section.code }}">{{ section.title }} ({{ section.total }})</h2>
 <p class="note">{{ section.note }}{% if section.total > section.groups|length %}; first {{ section.groups|length }} shown{% endif %}</p>
 {% for group in section.groups %}<div class="group">{% for item in group.figures %}
 <figure class="{{ 'flagged' if item.flagged else '' }}">{% if item.src %}<img src="{{ item.src }}" alt="">{% endif %}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from imgcls.apps.doctor.checks import BLOCKING, DATASET_LEVEL, ERROR, INFO, PROBLEMS
 from imgcls.apps.doctor.doctor import DoctorReport
+from imgcls.apps.doctor.labelsets import summary_lines as label_set_lines
 
 OVERVIEW_COLUMNS = ["path", "split", "class", "format", "width", "height", "mode", "bytes", "content_hash",
                     "perceptual_hash", "problems", "details"]
@@ -39,6 +40,7 @@ def report_dict(report: DoctorReport) -> dict:
         "balance": _json_safe(report.balance),
         "findings": [f.to_dict() for f in report.findings],
         "understood": report.dataset.understood,
+        **({"label_sets": report.labels} if report.labels is not None else {}),
         "unused": [{"path": _rel(u.path, report.root), "reason": u.reason} for u in report.dataset.unused],
         "flagged": [{"path": r.rel, "split": r.split, "class": r.label, "problems": r.problems}
                     for r in report.flagged],
@@ -76,7 +78,11 @@ def summary(report: DoctorReport, shown: int = 20) -> str:
     """The text printed after a scan: problems, class balance, the first flagged files."""
     splits = report.balance["counts"]
     sizes = ", ".join(f"{split} {sum(c.values()):,}" for split, c in splits.items())
-    lines = [f"{report.root}: {report.layout}; {len(report.balance['classes'])} classes; {sizes} images; "
+    kind = "classes"
+    if report.labels is not None:  # label sets: images per split, not label occurrences
+        sizes = ", ".join(f"{split} {s['images']:,}" for split, s in report.labels["splits"].items())
+        kind = "labels"
+    lines = [f"{report.root}: {report.layout}; {len(report.balance['classes'])} {kind}; {sizes} images; "
              f"{len(report.records):,} files checked in {sum(report.seconds.values()):.1f}s"]
     lines += [f"  {line}" for line in report.dataset.understood]
     counts = report.counts()
@@ -91,6 +97,7 @@ def summary(report: DoctorReport, shown: int = 20) -> str:
     refusals = [f.detail for f in report.findings if f.code in DATASET_LEVEL and PROBLEMS[f.code].severity == ERROR]
     lines += [f"\ntraining refuses this dataset: {refusals[0]}"] if refusals else []
     lines += _balance_lines(report.balance)
+    lines += label_set_lines(report.labels)
     flagged = report.flagged
     if flagged:
         lines.append(f"\nflagged files ({len(flagged)}{', first ' + str(shown) if len(flagged) > shown else ''}):")

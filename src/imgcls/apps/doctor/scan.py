@@ -37,7 +37,7 @@ class FileRecord:
     path: Path
     rel: str  # POSIX path relative to the dataset root: the key in every output
     split: str  # train | val | test | "" (outside the split folders)
-    label: str  # class folder name, "" when the file is in no class folder
+    label: str  # class folder name, "" when the file is in no class folder (multilabel: the set as written)
     format: str = ""
     width: int = 0
     height: int = 0
@@ -46,6 +46,7 @@ class FileRecord:
     content_hash: str = ""
     perceptual_hash: str = ""  # 16 hex digits, "" when the file did not decode
     problems: dict[str, str] = field(default_factory=dict)  # code -> one-line detail
+    labels: tuple[str, ...] | None = None  # a multilabel manifest's label set (empty: no label)
 
     def flag(self, code: str, detail: str = "") -> None:
         self.problems.setdefault(code, detail)
@@ -127,7 +128,7 @@ def _manifest_files(csv_path: Path) -> DatasetFiles:
         for sample in samples:
             path = Path(sample.path)
             rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
-            records.append(FileRecord(path=path, rel=rel, split=split, label=sample.label))
+            records.append(FileRecord(path=path, rel=rel, split=split, label=sample.label, labels=sample.labels))
     return DatasetFiles(root, "manifest", sorted(records, key=lambda r: r.rel))
 
 
