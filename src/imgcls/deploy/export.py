@@ -25,7 +25,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -50,7 +50,14 @@ FORMAT = "imgcls-onnx/2"
 
 
 class ExportError(ValueError):
-    """An export that was written but failed its check (the message says which and by how much)."""
+    """An export that was written but failed its check (the message says which and by how much).
+
+    ``report``: what was written and measured up to the failed check (None when unknown).
+    """
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
@@ -78,15 +85,103 @@ class ExportReport:
                          f"{self.int8_path.stat().st_size / 1e6:.1f} MB"
                          + (f", calibrated on {self.calibration_images} training images)" if self.calibration_images
                             else ")"))
-            lines.append(f"int8 top-1 agreement with PyTorch fp32: {self.int8_agreement:.2%} on {self.int8_images} "
-                         f"validation images (required >= {MIN_INT8_AGREEMENT:.0%}) -> OK")
+            lines.append(_agreement_line(self.int8_agreement, self.int8_images))
             if self.accuracy:
                 lines.append("validation top-1: " + ", ".join(f"{k} {v:.4f}" for k, v in self.accuracy.items()))
         return "\n".join(lines)
 
 
-class _ExportedGraph(nn.Module):
-    """The classifier with its outputs as the ONNX graph exposes them."""
+def _agreement_line(agreement: float, images: int) -> str:
+    verdict = "OK" if agreement >= MIN_INT8_AGREEMENT else "FAILED: not shipped"
+    return (f"int8 top-1 agreement with PyTorch fp32: {agreement:.2%} on {images} validation images "
+            f"(required >= {MIN_INT8_AGREEMENT:.0%}) -> {verdict}")
+
+
+@dataclass
+class TargetReport:
+    """What an export to another target (TorchScript, OpenVINO IR, a timm folder) wrote and
+    measured; the ONNX export has its own :class:`ExportReport`.
+
+    ``parity_max_abs_diff`` compares probabilities, ``softmax(logits / temperature)``, as the
+    ONNX check does; ``logit_max_abs_diff`` the raw logits.
+    """
+
+    target: str  # what was written, in words: "TorchScript", "OpenVINO IR", "timm folder"
+    runtime: str  # what ran it in the parity check: "torchscript", "openvino", "timm"
+    path: Path
+    size_mb: float
+    parity_max_abs_diff: float
+    logit_max_abs_diff: float
+    parity_images: int
+    parity_source: str
+    int8_path: Path | None = None
+    int8_size_mb: float = 0.0
+    int8_agreement: float | None = None
+    int8_images: int = 0
+    calibration_images: int = 0
+    accuracy: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # further lines of the summary (e.g. the Hub URL)
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.path} ({self.target}, {self.size_mb:.1f} MB)",
+                 f"fp32 parity: max |p_{self.runtime} - p_torch| = {self.parity_max_abs_diff:.2e} "
+                 f"(max |logit difference| {self.logit_max_abs_diff:.2e}) on {self.parity_images} images from the "
+                 f"{self.parity_source} (tolerance {PARITY_TOLERANCE:.0e}) -> OK"]
+        if self.int8_path is not None:
+            lines.append(f"wrote {self.int8_path} (int8, {self.int8_size_mb:.1f} MB, calibrated on "
+                         f"{self.calibration_images} training images)")
+            lines.append(_agreement_line(self.int8_agreement, self.int8_images))
+            if self.accuracy:
+                lines.append("validation top-1: " + ", ".join(f"{k} {v:.4f}" for k, v in self.accuracy.items()))
+        return "\n".join(lines + self.notes)
+
+
+def target_parity(model: nn.Module, run: Callable[[torch.Tensor], torch.Tensor], batches: list[torch.Tensor],
+                  temperature: float) -> tuple[float, float]:
+    """(max |probability difference|, max |logit difference|) of ``run`` (preprocessed images
+    -> logits) against the PyTorch ``model`` on ``batches``."""
+    worst_p = worst_logit = 0.0
+    with torch.no_grad():
+        for images in batches:
+            expected, actual = model(images).float(), run(images).float()
+            worst_logit = max(worst_logit, float((actual - expected).abs().max()))
+            difference = torch.softmax(actual / temperature, 1) - torch.softmax(expected / temperature, 1)
+            worst_p = max(worst_p, float(difference.abs().max()))
+    return worst_p, worst_logit
+
+
+def require_parity(report: TargetReport) -> None:
+    """Raise :class:`ExportError` unless the target's probabilities match PyTorch's."""
+    if not report.parity_max_abs_diff <= PARITY_TOLERANCE:
+        raise ExportError(f"{report.path}: {report.target} probabilities differ from PyTorch by "
+                          f"{report.parity_max_abs_diff:.2e} (> {PARITY_TOLERANCE:.0e}); do not ship this file")
+
+
+def require_agreement(report: TargetReport) -> None:
+    """Raise :class:`ExportError` unless the int8 model agrees with fp32 PyTorch often enough."""
+    if not report.int8_agreement >= MIN_INT8_AGREEMENT:
+        raise ExportError(f"{report.int8_path}: int8 top-1 agrees with fp32 on only {report.int8_agreement:.2%} of "
+                          f"{report.int8_images} validation images (< {MIN_INT8_AGREEMENT:.0%}); ship the fp32 "
+                          f"model {report.path} instead", report)
+
+
+def output_path(out: str | Path | None, model_file: Path, suffix: str, allowed: tuple[str, ...]) -> Path:
+    """``--out``, or the model file's name with ``suffix``; refuses names that do not end in
+    one of ``allowed`` (another format's suffix would make ``imgcls`` misread the file)."""
+    path = Path(out) if out else model_file.with_suffix(suffix)
+    if path.suffix.lower() not in allowed:
+        raise ValueError(f"--out {path}: the file name must end in {' or '.join(allowed)}")
+    return path
+
+
+def file_mb(*paths: Path) -> float:
+    """The size of ``paths`` together, in MB (missing files count as nothing)."""
+    return sum(p.stat().st_size for p in paths if p.is_file()) / 1e6
+
+
+class ExportedGraph(nn.Module):
+    """The classifier with its outputs as every exported graph exposes them: ``logits`` and
+    ``probabilities`` (``softmax(logits / temperature)``)."""
 
     def __init__(self, model: nn.Module, temperature: float):
         super().__init__()
@@ -138,12 +233,12 @@ def export_graph(model: nn.Module, temperature: float, image_size: int, opset: i
     The torch.export-based exporter (``dynamo=True``, the default since torch 2.9) comes
     first; the TorchScript exporter is the fallback for models torch.export cannot trace.
     """
-    graph = _ExportedGraph(model, temperature).eval()
+    graph = ExportedGraph(model, temperature).eval()
     # Batch 2, not 1: torch.export specialises a dimension of size 1 to a constant.
     example = torch.randn(2, 3, image_size, image_size)
     names = dict(input_names=[INPUT_NAME], output_names=[LOGITS_NAME, PROBABILITIES_NAME], opset_version=opset)
     try:
-        with _quiet():
+        with quiet():
             program = torch.onnx.export(graph, (example,), dynamo=True, verbose=False,
                                         dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, **names)
         return program.model_proto, "torch.export (dynamo)"
@@ -152,7 +247,7 @@ def export_graph(model: nn.Module, temperature: float, image_size: int, opset: i
                     str(err).splitlines()[0][:200])
     onnx = require("onnx", "onnx", "ONNX export")  # the 'onnx' extra
 
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
+    with tempfile.TemporaryDirectory() as tmp, quiet():
         target = Path(tmp) / "model.onnx"
         torch.onnx.export(graph, (example,), str(target), dynamo=False,
                           dynamic_axes={INPUT_NAME: {0: "batch"}, LOGITS_NAME: {0: "batch"},
@@ -161,7 +256,7 @@ def export_graph(model: nn.Module, temperature: float, image_size: int, opset: i
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """The exporters print progress lines and deprecation warnings a user cannot act on."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -252,7 +347,7 @@ def quantize_int8(fp32_path: Path, out: Path, mode: str, calibration: list[torch
     quantize_dynamic, quantize_static = quantization.quantize_dynamic, quantization.quantize_static
     quant_pre_process = require("onnxruntime.quantization.shape_inference", "onnx", "--int8").quant_pre_process
 
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
+    with tempfile.TemporaryDirectory() as tmp, quiet():
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference and graph fusion first, as ONNX Runtime's quantisation guide advises.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
@@ -272,28 +367,52 @@ def compare_int8(graph: nn.Module, session, val: list[Sample], classes: list[str
                  preprocessing: Preprocessing) -> tuple[float, int, dict[str, float]]:
     """Share of validation images whose int8 ONNX top-1 equals the fp32 PyTorch top-1, the
     number of images, and both models' top-1 accuracy (when the labels are model classes)."""
-    index = {name: i for i, name in enumerate(classes)}
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        (logits,) = session.run([LOGITS_NAME], {INPUT_NAME: images.numpy()})
+        return torch.from_numpy(logits)
+
+    return top1_agreement(graph, run, val, classes, preprocessing, "onnx int8")
+
+
+def top1_agreement(graph: nn.Module, run: Callable[[torch.Tensor], torch.Tensor], val: list[Sample],
+                   classes: list[str], preprocessing: Preprocessing,
+                   name: str) -> tuple[float, int, dict[str, float]]:
+    """Share of validation images on which ``run`` (preprocessed images -> logits, e.g. an
+    int8 model) gives the fp32 PyTorch top-1, the number of images, and the top-1 accuracy
+    of PyTorch and of ``name`` (when the labels are model classes)."""
+    index = {label: i for i, label in enumerate(classes)}
     labelled = all(s.label in index for s in val)
     targets = [index[s.label] for s in val] if labelled else None
     dataset = ImageDataset([s.path for s in val], targets, eval_transform(preprocessing),
                            draft_size=preprocessing.resize_size)
     same = total = 0
-    hits = {"pytorch fp32": 0, "onnx int8": 0}
+    hits = {"pytorch fp32": 0, name: 0}
     with torch.no_grad():
         for batch in make_loader(dataset, 32, train=False, workers=0):
             if not len(batch):
                 continue
             expected = graph(batch.images)[0].argmax(1)
-            (logits,) = session.run([LOGITS_NAME], {INPUT_NAME: batch.images.numpy()})
-            actual = torch.from_numpy(logits).argmax(1)
+            actual = run(batch.images).argmax(1)
             same += int((actual == expected).sum())
             hits["pytorch fp32"] += int((expected == batch.targets).sum())
-            hits["onnx int8"] += int((actual == batch.targets).sum())
+            hits[name] += int((actual == batch.targets).sum())
             total += len(batch)
     if not total:
         raise DatasetError("no validation image could be decoded to check the int8 model")
     accuracy = {k: v / total for k, v in hits.items()} if labelled else {}
     return same / total, total, accuracy
+
+
+def parity_batches(val: list[Sample] | None, why: str, preprocessing: Preprocessing,
+                   count: int) -> tuple[list[torch.Tensor], str]:
+    """The images an export is checked on, and where they come from: up to ``count``
+    validation images, or random inputs when the dataset is not at hand (``why``)."""
+    if val:
+        return list(_batches(_subset(val, count), preprocessing)), "validation split"
+    generator = torch.Generator().manual_seed(0)
+    size = preprocessing.image_size
+    return [torch.randn(min(count, 16), 3, size, size, generator=generator)], f"random inputs (no dataset: {why})"
 
 
 def default_output(model_file: Path) -> Path:
@@ -317,32 +436,20 @@ def export_checkpoint(model: str | Path, out: str | Path | None = None, *, opset
     if int8_mode not in ("static", "dynamic"):
         raise ValueError(f"--int8-mode {int8_mode!r}: expected static or dynamic")
     classifier = load(model, device="cpu")
-    card, config, preprocessing = classifier.card, classifier.config, classifier.preprocessing
+    card, preprocessing = classifier.card, classifier.preprocessing
     fp32_out = Path(out) if out else default_output(classifier.source)
     if fp32_out.suffix.lower() != ".onnx":
         raise ValueError(f"--out {fp32_out}: the file name must end in .onnx")
 
-    val, why = _split_or_none(data, config, "val")
-    if val:
-        _check_classes(val, card.classes, data)
-    if int8 and not val:  # checked first: the export itself takes a while
-        raise DatasetError(f"--int8 needs the run's validation images to check the quantised model ({why}); "
-                           "give the dataset with --data")
+    val, why = validation_images(classifier, data, needed_by="--int8" if int8 else None)
 
     network = classifier.torch_module
     proto, exporter = export_graph(network, card.temperature, preprocessing.image_size, opset)
     set_metadata(proto, metadata_for(card, classifier.source, "fp32"))
     _save(proto, fp32_out)
 
-    graph = _ExportedGraph(network, card.temperature).eval()
-    if val:
-        sample_batches = list(_batches(_subset(val, parity_images), preprocessing))
-        source = "validation split"
-    else:
-        generator = torch.Generator().manual_seed(0)
-        size = preprocessing.image_size
-        sample_batches = [torch.randn(min(parity_images, 16), 3, size, size, generator=generator)]
-        source = f"random inputs (no dataset: {why})"
+    graph = ExportedGraph(network, card.temperature).eval()
+    sample_batches, source = parity_batches(val, why, preprocessing, parity_images)
     parity = check_parity(graph, open_session(fp32_out, "cpu"), sample_batches)
     report = ExportReport(fp32_out, opset, exporter, parity, sum(len(b) for b in sample_batches), source)
     if not parity <= PARITY_TOLERANCE:
@@ -351,6 +458,26 @@ def export_checkpoint(model: str | Path, out: str | Path | None = None, *, opset
     if int8:
         _export_int8(report, classifier, graph, data, val, int8_mode, calibration_images)
     return report
+
+
+def validation_images(classifier, data, needed_by: str | None = None) -> tuple[list[Sample] | None, str]:
+    """The validation split of ``data`` (default: the run's own) that exports are checked on,
+    or None and why there is none; ``needed_by``: the option that cannot do without it, which
+    is then refused at once (before the export, which takes a while)."""
+    val, why = _split_or_none(data, classifier.config, "val")
+    if val:
+        _check_classes(val, classifier.card.classes, data)
+    if needed_by and not val:
+        raise DatasetError(f"{needed_by} needs the run's validation images to check the quantised model ({why}); "
+                           "give the dataset with --data")
+    return val, why
+
+
+def calibration_batches(classifier, data, val: list[Sample], count: int) -> list[torch.Tensor]:
+    """Up to ``count`` preprocessed training images to calibrate int8 quantisation on."""
+    train, _ = _split_or_none(data, classifier.config, "train")
+    pool = train or val  # a dataset given as a single test folder has no train split
+    return list(_batches(_subset(pool, count, seed=1), classifier.preprocessing))
 
 
 def _check_classes(samples: list[Sample], classes: list[str], data) -> None:
@@ -366,9 +493,7 @@ def _export_int8(report: ExportReport, classifier, graph: nn.Module, data, val: 
     calibration = None
     preprocessing = classifier.preprocessing
     if mode == "static":
-        train, _ = _split_or_none(data, classifier.config, "train")
-        pool = train or val  # a dataset given as a single test folder has no train split
-        calibration = list(_batches(_subset(pool, calibration_images, seed=1), preprocessing))
+        calibration = calibration_batches(classifier, data, val, calibration_images)
         report.calibration_images = sum(len(b) for b in calibration)
     out = int8_output(report.path)
     quantize_int8(report.path, out, mode, calibration)
@@ -383,4 +508,4 @@ def _export_int8(report: ExportReport, classifier, graph: nn.Module, data, val: 
     if not agreement >= MIN_INT8_AGREEMENT:
         raise ExportError(f"{out}: int8 top-1 agrees with fp32 on only {agreement:.2%} of {total} validation "
                           f"images (< {MIN_INT8_AGREEMENT:.0%}); ship the fp32 model {report.path} instead"
-                          + (" or try --int8-mode dynamic" if mode == "static" else ""))
+                          + (" or try --int8-mode dynamic" if mode == "static" else ""), report)
