@@ -28,7 +28,7 @@ from imgcls.apps.shards import write_shards
 from imgcls.apps.tune import load_space, tune
 from imgcls.apps.doctor.report import blocking_note, summary
 from imgcls.config import ConfigError, DataConfig, RunConfig
-from imgcls.deploy.export import export_checkpoint
+from imgcls.deploy.formats import export_model
 from imgcls.deploy.serve import serve
 from imgcls.errors import UserError
 from imgcls.evaluation import figures
@@ -71,7 +71,7 @@ COMMAND_HELP = {
     "convert": "convert an old pickled checkpoint (imgcls < 0.2: best.pt / last.pt) to safetensors model files, "
                "reading it with a restricted unpickler",
     "demo": "train, evaluate and predict on the bundled sample dataset",
-    "export": "export a checkpoint to ONNX, checked against PyTorch",
+    "export": "export a checkpoint to ONNX, OpenVINO, TorchScript or a timm model folder, checked against PyTorch",
     "serve": "HTTP prediction server with an upload page",
     "cv": "k-fold cross-validation: one run per fold, out-of-fold predictions, mean and std of every metric",
     "tune": "hyperparameter search with Optuna (TPE, median pruning); resumable; writes the best recipe",
@@ -353,9 +353,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    o = _options(ExportCommand, args)  # --format: onnx is the only one, checked when the options are built
-    report = export_checkpoint(o.checkpoint, o.out, opset=o.opset, int8=o.int8, int8_mode=o.int8_mode, data=o.data,
-                               calibration_images=o.calibration_images)
+    o = _options(ExportCommand, args)  # a flag the format does not use is refused here, before any work
+    report = export_model(o)
     print(report.summary())
     return 0
 

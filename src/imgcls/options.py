@@ -16,11 +16,13 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
-from imgcls.config import (AUGMENT_PRESETS, DEVICE_PATTERN, TTA_MODES, UNKNOWN_SCORES, DataConfig, RunConfig, _opt,
-                           build, check_fields)
+from imgcls.config import (AUGMENT_PRESETS, DEVICE_PATTERN, TTA_MODES, UNKNOWN_SCORES, ConfigError, DataConfig,
+                           RunConfig, _opt, build, check_fields)
 
 SPLITS = ("train", "val", "test", "all")
-EXPORT_FORMATS = ("onnx",)
+EXPORT_FORMATS = ("onnx", "timm", "torchscript", "openvino")
+INT8_FORMATS = ("onnx", "openvino")  # the formats with a quantiser whose int8 model imgcls checks
+HUB_REPO_PATTERN = r"([\w.-]+/)?[\w.-]+"  # a Hugging Face Hub repository id: [owner/]name
 INT8_MODES = ("static", "dynamic")
 # The columns of `imgcls runs` (imgcls.evaluation.leaderboard.KEYS, which sits above this
 # layer; a test keeps the two equal).
@@ -50,7 +52,8 @@ def _batch_size(default: int) -> Any:
     return _opt(default, "images per model call", low=1)
 
 
-def _model(help: str = "run folder, .safetensors model file or exported .onnx file", name: str = "checkpoint") -> Any:
+def _model(help: str = "run folder, .safetensors model file, or exported .onnx or OpenVINO .xml file",
+           name: str = "checkpoint") -> Any:
     return _opt(MISSING, help, positional=True, metavar=name)
 
 
@@ -239,17 +242,32 @@ class DemoCommand(CommandOptions):
 
 @dataclass
 class ExportCommand(CommandOptions):
-    """``imgcls export``."""
+    """``imgcls export``: one format per call; the flags a format does not use are refused."""
 
     checkpoint: str = _model("run folder or .safetensors model file")
-    format: str = _opt("onnx", "export format: onnx", choices=EXPORT_FORMATS)
-    out: str | None = _opt(None, "file to write (default: the checkpoint's name with .onnx)")
+    format: str = _opt("onnx", "onnx (ONNX Runtime) | timm (a folder plain timm and the Hugging Face Hub load) | "
+                       "torchscript | openvino (OpenVINO IR, .xml + .bin)", choices=EXPORT_FORMATS)
+    out: str | None = _opt(None, "file to write, or folder for --format timm (default: beside the checkpoint: "
+                           "<name>.onnx, <name>.torchscript, <name>.xml, <name>-timm/)")
     opset: int = _opt(18, "ONNX opset version", low=7)
-    int8: bool = _opt(False, "also write an int8-quantised <out>.int8.onnx", switch=True)
-    int8_mode: str = _opt("static", "static: calibrated on training images (best for CNNs); dynamic: weights only",
-                          choices=INT8_MODES)
+    int8: bool = _opt(False, "also write an int8-quantised model, checked against fp32: <out>.int8.onnx (onnx) or "
+                      "<out>.int8.xml (openvino, NNCF)", switch=True)
+    int8_mode: str = _opt("static", "static: calibrated on training images (best for CNNs); dynamic: weights only "
+                          "(onnx only)", choices=INT8_MODES)
     data: str | None = _opt(None, "dataset for sample, calibration and validation images (default: the run's own)")
     calibration_images: int = _opt(128, "training images to calibrate --int8 on", low=1)
+    push_to_hub: str | None = _opt(None, "--format timm: also upload the folder to this Hugging Face Hub repository "
+                                   "(needs a token: hf auth login, or $HF_TOKEN)", pattern=HUB_REPO_PATTERN,
+                                   metavar="REPO_ID")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.int8 and self.format not in INT8_FORMATS:
+            raise ConfigError(f"--int8: --format {self.format} has no int8 variant (use {' or '.join(INT8_FORMATS)})")
+        if self.int8_mode == "dynamic" and self.format != "onnx":
+            raise ConfigError(f"--int8-mode dynamic: ONNX only (--format {self.format} quantises with calibration)")
+        if self.push_to_hub and self.format != "timm":
+            raise ConfigError(f"--push-to-hub: uploads a --format timm folder, not --format {self.format}")
 
 
 @dataclass
