@@ -98,3 +98,8 @@ def test_a_dataset_without_a_label_column_is_refused_in_one_line(tmp_path, capsy
     assert main(["train", f"hf:{tmp_path / 'nolabel'}", "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "found no label column" in err[0] and "caption" in err[0]
+
+
+def test_doctor_reads_a_hugging_face_dataset(saved, tmp_path):
+    assert main(["doctor", f"hf:{saved}", "--out", str(tmp_path / "doc")]) == 0
+    assert (tmp_path / "doc" / "doctor.json").is_file()

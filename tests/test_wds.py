@@ -162,3 +162,8 @@ def test_stream_refuses_balance_sampler_in_one_line(shards, capsys):
     assert main(["train", f"wds:{shards}", "--balance", "sampler", "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--balance sampler" in err[0]
+
+
+def test_cv_on_shards_is_refused_in_one_line(shards, capsys):
+    assert main(["cv", f"wds:{shards}", "--folds", "2", "--epochs", "1"]) == 2
+    assert "imgcls cv needs the images as files" in capsys.readouterr().err

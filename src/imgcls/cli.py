@@ -28,6 +28,8 @@ from imgcls.apps.shards import write_shards
 from imgcls.apps.tune import load_space, tune
 from imgcls.apps.doctor.report import blocking_note, summary
 from imgcls.config import ConfigError, DataConfig, RunConfig
+from imgcls.data.hf import is_hf
+from imgcls.data.hf import materialise as materialise_hf
 from imgcls.deploy.formats import export_model
 from imgcls.deploy.serve import serve
 from imgcls.errors import UserError
@@ -339,7 +341,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print(f"left in quarantine: {path}: {why}", file=sys.stderr)
         print(f"restored {len(result.restored)} file(s) from {doctor.quarantine_dir(Path(o.data))}")
         return 1 if result.left else 0
-    report = doctor.run_doctor(o.data, o.checks)
+    data = materialise_hf(o.data) if is_hf(o.data) else o.data  # hf:PATH: the doctor reads its files' manifest
+    report = doctor.run_doctor(data, o.checks)
     files = doctor.write_reports(report, o.out or f"doctor-{Path(o.data).resolve().name}")
     print(summary(report))
     print(f"\nwritten: {files['overview']}, {files['json'].name}, {files['html'].name}")

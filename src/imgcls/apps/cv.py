@@ -29,6 +29,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from imgcls import api
 from imgcls.config import RunConfig
+from imgcls.data.shards import ShardSamples
 from imgcls.data.sources import DatasetError, Sample, discover_run
 from imgcls.evaluation import figures
 from imgcls.inference.rows import format_predictions
@@ -69,6 +70,9 @@ def assign_folds(samples: list[Sample], folds: int, seed: int) -> list[int]:
 def cross_validate(config: RunConfig, folds: int = 5) -> CvResult:
     """Train one run per fold with ``config`` and aggregate them (see the module docstring)."""
     splits = discover_run(config.data)
+    if isinstance(splits.splits["train"], ShardSamples):  # folds re-split the images: not a stream
+        raise DatasetError(f"{config.data.path}: imgcls cv needs the images as files; give it the dataset the "
+                           "shards were made from (or an hf: dataset)")
     pool = splits.splits["train"] + splits.splits.get("val", [])
     test = splits.splits.get("test", [])
     assignment = assign_folds(pool, folds, config.data.split_seed)
