@@ -181,15 +181,19 @@ def file_mb(*paths: Path) -> float:
 
 class ExportedGraph(nn.Module):
     """The classifier with its outputs as every exported graph exposes them: ``logits`` and
-    ``probabilities`` (``softmax(logits / temperature)``)."""
+    ``probabilities`` (``softmax(logits / temperature)``; ``multilabel``: each label's
+    sigmoid, which a label's threshold then applies to)."""
 
-    def __init__(self, model: nn.Module, temperature: float):
+    def __init__(self, model: nn.Module, temperature: float, multilabel: bool = False):
         super().__init__()
         self.model = model
         self.temperature = temperature
+        self.multilabel = multilabel
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(images)
+        if self.multilabel:
+            return logits, torch.sigmoid(logits)
         return logits, torch.softmax(logits / self.temperature, dim=1)
 
 
@@ -209,11 +213,15 @@ def metadata_for(card: ModelCard, source: Path, precision: str) -> dict[str, str
         "interpolation": pre.interpolation,
         "temperature": float(card.temperature),
         "outputs": {LOGITS_NAME: "raw class scores", PROBABILITIES_NAME: "softmax(logits / temperature)"},
+        "task": card.task,
         "precision": precision,
         "model_name": card.architecture,
         "source_model": source.name,
         "imgcls_version": card.imgcls_version,
     }
+    if card.multilabel:  # label i is predicted when probabilities[i] >= thresholds[i]
+        values["outputs"] = {LOGITS_NAME: "raw label scores", PROBABILITIES_NAME: "sigmoid(logits), one per label"}
+        values["thresholds"] = card.label_thresholds()
     metadata = {key: json.dumps(value) for key, value in values.items()}
     metadata[CARD_METADATA_KEY] = card.to_json()
     return metadata
@@ -227,13 +235,14 @@ def set_metadata(model_proto, metadata: dict[str, str]) -> None:
     model_proto.doc_string = "imgcls image classifier; read metadata_props for class names and preprocessing"
 
 
-def export_graph(model: nn.Module, temperature: float, image_size: int, opset: int):
-    """Trace the model to an ``onnx.ModelProto`` with a dynamic batch axis.
+def export_graph(model: nn.Module, temperature: float, image_size: int, opset: int, multilabel: bool = False):
+    """Trace the model to an ``onnx.ModelProto`` with a dynamic batch axis (``multilabel``:
+    sigmoid probabilities).
 
     The torch.export-based exporter (``dynamo=True``, the default since torch 2.9) comes
     first; the TorchScript exporter is the fallback for models torch.export cannot trace.
     """
-    graph = ExportedGraph(model, temperature).eval()
+    graph = ExportedGraph(model, temperature, multilabel).eval()
     # Batch 2, not 1: torch.export specialises a dimension of size 1 to a constant.
     example = torch.randn(2, 3, image_size, image_size)
     names = dict(input_names=[INPUT_NAME], output_names=[LOGITS_NAME, PROBABILITIES_NAME], opset_version=opset)
@@ -437,6 +446,9 @@ def export_checkpoint(model: str | Path, out: str | Path | None = None, *, opset
         raise ValueError(f"--int8-mode {int8_mode!r}: expected static or dynamic")
     classifier = load(model, device="cpu")
     card, preprocessing = classifier.card, classifier.preprocessing
+    if int8 and card.multilabel:
+        raise ValueError("--int8: not available for multilabel models yet (its check compares top-1 classes); "
+                         "export fp32")
     fp32_out = Path(out) if out else default_output(classifier.source)
     if fp32_out.suffix.lower() != ".onnx":
         raise ValueError(f"--out {fp32_out}: the file name must end in .onnx")
@@ -444,11 +456,11 @@ def export_checkpoint(model: str | Path, out: str | Path | None = None, *, opset
     val, why = validation_images(classifier, data, needed_by="--int8" if int8 else None)
 
     network = classifier.torch_module
-    proto, exporter = export_graph(network, card.temperature, preprocessing.image_size, opset)
+    proto, exporter = export_graph(network, card.temperature, preprocessing.image_size, opset, card.multilabel)
     set_metadata(proto, metadata_for(card, classifier.source, "fp32"))
     _save(proto, fp32_out)
 
-    graph = ExportedGraph(network, card.temperature).eval()
+    graph = ExportedGraph(network, card.temperature, card.multilabel).eval()
     sample_batches, source = parity_batches(val, why, preprocessing, parity_images)
     parity = check_parity(graph, open_session(fp32_out, "cpu"), sample_batches)
     report = ExportReport(fp32_out, opset, exporter, parity, sum(len(b) for b in sample_batches), source)
@@ -482,7 +494,9 @@ def calibration_batches(classifier, data, val: list[Sample], count: int) -> list
 
 def _check_classes(samples: list[Sample], classes: list[str], data) -> None:
     """Export data must be labelled with the model's classes (no index may change its name)."""
-    foreign = sorted({s.label for s in samples} - set(classes))
+    multilabel = bool(samples) and samples[0].labels is not None
+    given = {label for s in samples for label in s.labels} if multilabel else {s.label for s in samples}
+    foreign = sorted(given - set(classes))
     if foreign:
         raise DatasetError(f"--data {data}: classes {foreign[:10]} are not among the model's {len(classes)} classes; "
                            "give the dataset the model was trained on")

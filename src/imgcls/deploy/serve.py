@@ -41,7 +41,6 @@ from imgcls.errors import UserError
 from imgcls.evaluation.explain import GradCamExplainer, display_crop, overlay
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.loading import load
-from imgcls.inference.rows import format_predictions
 from imgcls.options import ServeSettings  # declared with the CLI's other options; imported from here too
 from imgcls.runtime import log
 
@@ -71,10 +70,12 @@ class ClassScore(BaseModel):
 class Prediction(BaseModel):
     index: int
     filename: str | None
-    label: str
+    label: str  # multilabel: the predicted set joined by the model's separator
     probability: float
     unknown: bool
     topk: list[ClassScore]
+    labels: list[str] | None = None  # multilabel: the predicted set
+    probabilities: dict[str, float] | None = None  # multilabel: every label's probability
 
 
 class PredictResponse(BaseModel):
@@ -231,6 +232,8 @@ def model_info(model: Classifier, version: str) -> dict:
         "temperature": model.temperature,
         "unknown_threshold": model.unknown.threshold,
         "unknown_score": model.unknown.score if model.unknown.active else None,
+        "task": model.card.task,
+        "thresholds": model.thresholds.tolist() if model.multilabel else None,
         "imgcls_version": __version__,
     }
 
@@ -303,7 +306,9 @@ def create_app(model, *, api_key: str | None = None, max_batch: int = 32, max_wa
         return {**info, "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms},
                 "limits": {"max_body_mb": max_body_mb, "max_images": max_images, "max_pixels": max_pixels}}
 
-    @app.post("/predict", response_model=PredictResponse, dependencies=[Depends(check_key)],
+    # exclude_unset: the multilabel fields appear only in a multilabel model's predictions
+    @app.post("/predict", response_model=PredictResponse, response_model_exclude_unset=True,
+              dependencies=[Depends(check_key)],
               summary="Top-k labels for one or many images", responses=_ERRORS,
               openapi_extra={"requestBody": _REQUEST_BODY})
     async def predict(request: Request,
@@ -311,9 +316,8 @@ def create_app(model, *, api_key: str | None = None, max_batch: int = 32, max_wa
         items = await _read_images(request, max_images)
         tensors = await run_in_threadpool(prepare, items)
         logits = await batcher.predict(tensors)
-        # The same rows as `imgcls predict`, with the model's own open-set rule.
-        rows = format_predictions(logits, model.classes, k, model.unknown, model.temperature,
-                                  [name for name, _ in items])
+        # The same rows as `imgcls predict`, with the model's own open-set rule or thresholds.
+        rows = model.format_rows(logits, [name for name, _ in items], k)
         return {"model_version": info["version"],
                 "predictions": [_prediction(i, row) for i, row in enumerate(rows)]}
 
@@ -343,9 +347,13 @@ def _shown(name: str | None, index: int) -> str:
 
 
 def _prediction(index: int, row: dict) -> dict:
-    """A prediction row (:func:`imgcls.inference.rows.format_predictions`) as the API returns it."""
-    return {"index": index, "filename": row["path"], "label": row["label"], "probability": row["probability"],
-            "unknown": row["unknown"], "topk": [{"label": label, "probability": p} for label, p in row["topk"]]}
+    """A prediction row (:func:`imgcls.inference.rows.format_predictions`) as the API returns it;
+    a multilabel row adds the predicted set (``labels``) and every label's probability."""
+    prediction = {"index": index, "filename": row["path"], "label": row["label"], "probability": row["probability"],
+                  "unknown": row["unknown"], "topk": [{"label": label, "probability": p} for label, p in row["topk"]]}
+    if "labels" in row:
+        prediction.update(labels=row["labels"], probabilities=row["probabilities"])
+    return prediction
 
 
 def _key_dependency(api_key: str | None):
