@@ -70,6 +70,9 @@ def assign_folds(samples: list[Sample], folds: int, seed: int) -> list[int]:
 def cross_validate(config: RunConfig, folds: int = 5) -> CvResult:
     """Train one run per fold with ``config`` and aggregate them (see the module docstring)."""
     splits = discover_run(config.data)
+    if splits.multilabel:  # the folds are stratified by class and the summary is single-label's
+        raise DatasetError(f"{splits.where('train')}: imgcls cv is for single-label datasets; this manifest has "
+                           "label sets (train it with imgcls train)")
     if isinstance(splits.splits["train"], ShardSamples):  # folds re-split the images: not a stream
         raise DatasetError(f"{config.data.path}: imgcls cv needs the images as files; give it the dataset the "
                            "shards were made from (or an hf: dataset)")
