@@ -31,7 +31,6 @@ from imgcls.config import ConfigError, DataConfig, RunConfig
 from imgcls.data.hf import is_hf
 from imgcls.data.hf import materialise as materialise_hf
 from imgcls.deploy.formats import export_model
-from imgcls.deploy.serve import serve
 from imgcls.errors import UserError
 from imgcls.evaluation import figures
 from imgcls.evaluation.figures import figure_bytes
@@ -42,6 +41,7 @@ from imgcls.inference.rows import write_predictions_csv
 from imgcls.metrics.classification import format_metrics_table
 from imgcls.metrics.hierarchy import format_hierarchy_lines
 from imgcls.metrics.multilabel import format_multilabel_table
+from imgcls.runtime import require
 from imgcls.options import (COMMANDS, PREVIEW_IMAGE_SIZE, AugmentPreviewCommand, Cifar100Command, ConvertCommand,
                             CvCommand, DemoCommand, DoctorCommand, EvalCommand, ExplainCommand, ExportCommand,
                             LrFindCommand, PredictCommand, RecipeCommand, ReportCommand, RunsCommand, ServeCommand,
@@ -364,7 +364,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     o = _options(ServeCommand, args)
-    serve(o.settings, api_key=o.api_key)
+    # FastAPI and uvicorn are the 'serve' extra: the server module is imported only to serve.
+    require("imgcls.deploy.serve", "serve", "imgcls serve").serve(o.settings, api_key=o.api_key)
     return 0
 
 
