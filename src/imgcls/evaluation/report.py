@@ -189,9 +189,8 @@ def _summary(classifier: Classifier, metrics: dict, history: list[dict],
     shown = ", ".join(classes[:30]) + (f", … ({len(classes) - 30} more)" if len(classes) > 30 else "")
     rows = [
         ("evaluated", f"{metrics['split']} split of {data or config.data.path or 'the run data'}"),
-        ("classes", f"{len(classes)}: {shown}"),
-        ("images per split", ", ".join(f"{name} {sum(c.values()):,}" for name, c in counts.items())
-         if counts else "dataset not readable any more"),
+        ("labels" if classifier.multilabel else "classes", f"{len(classes)}: {shown}"),
+        ("images per split", _images_per_split(classifier, counts)),
         ("model", f"{config.model.name} ({'pretrained' if config.model.pretrained else 'from scratch'}), "
                   f"head {config.model.head}, input {classifier.preprocessing.image_size} px"),
         ("training", f"{_epochs_summary(history, config)}, "
@@ -210,6 +209,18 @@ def _summary(classifier: Classifier, metrics: dict, history: list[dict],
                                            f"{hardware['cpu_cores']} cores; torch {hardware['torch']}, "
                                            f"Python {hardware['python']}"))
     return {"rows": rows, "counts": counts}
+
+
+def _images_per_split(classifier: Classifier, counts: dict[str, dict[str, int]] | None) -> str:
+    if not counts:
+        return "dataset not readable any more"
+    if classifier.multilabel:  # the counts are per label, and an image carries several: count the images
+        try:
+            splits = discover_run(classifier.config.data)
+        except (DatasetError, OSError):
+            return "dataset not readable any more"
+        return ", ".join(f"{name} {len(samples):,}" for name, samples in splits.splits.items())
+    return ", ".join(f"{name} {sum(c.values()):,}" for name, c in counts.items())
 
 
 def _epochs_summary(history: list[dict], config) -> str:
