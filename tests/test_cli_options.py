@@ -23,7 +23,7 @@ from imgcls.evaluation.leaderboard import KEYS, leaderboard
 from imgcls.options import (COMMANDS, AugmentPreviewCommand, Cifar100Command, ConvertCommand, CvCommand, DemoCommand,
                             DoctorCommand, DoctorOptions, EvalCommand, ExplainCommand, ExportCommand, LrFindCommand,
                             PredictCommand, RecipeCommand, ReportCommand, RunsCommand, ServeCommand, ServeSettings,
-                            TrainCommand, TuneCommand)
+                            ToShardsCommand, TrainCommand, TuneCommand)
 
 
 def _subparsers(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
@@ -51,7 +51,7 @@ def _declared(cls: type, prefix: str = "") -> set[str]:
         else:
             flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
             names.add(flag)
-            if hints[f.name] is bool and not f.metadata.get("switch"):
+            if hints[f.name] in (bool, bool | None) and not f.metadata.get("switch"):  # None: the plan's
                 names.add("--no-" + flag[2:])
     return names
 
@@ -87,6 +87,7 @@ MINIMAL = {
     "predict": (["RUN", "a.jpg", "b/"], {"checkpoint", "paths"},
                 PredictCommand(checkpoint="RUN", paths=["a.jpg", "b/"])),
     "data cifar100": (["--to", "OUT"], {"to"}, Cifar100Command(to="OUT")),
+    "data to-shards": (["D", "--out", "OUT"], {"data", "out"}, ToShardsCommand(data="D", out="OUT")),
     "report": (["RUN"], {"checkpoint"}, ReportCommand(checkpoint="RUN")),
     "explain": (["RUN", "a.jpg"], {"checkpoint", "paths"}, ExplainCommand(checkpoint="RUN", paths=["a.jpg"])),
     "runs": ([], set(), RunsCommand()),

@@ -7,6 +7,7 @@ import torch
 from conftest import FAST
 
 import imgcls
+from imgcls.training import plan
 from imgcls.config import DataConfig, ModelConfig, TrainConfig
 from imgcls.models.classifier import build_model
 from imgcls.training.optim import SegmentedScheduler, create_optimizer, create_scheduler, plan_schedule
@@ -40,15 +41,24 @@ def test_default_head_phase_only_for_a_backbone_with_learned_weights(flat_datase
 @pytest.mark.parametrize("finetune, below, expected", [
     ("always", 0.95, ["head", "head", "finetune", "finetune"]),
     ("never", 0.95, ["head", "head"]),
-    ("auto", 0.0, ["head", "head"]),  # any fit clears a threshold of 0: the head suffices
+    ("auto", 0.0, ["head", "head"]),  # any fit clears a threshold of 0: on near data the head suffices
     ("auto", 1.01, ["head", "head", "finetune", "finetune"]),  # no fit clears 1.01: fine-tune
 ])
-def test_finetune_policy(flat_dataset, tmp_path, backbone_weights, finetune, below, expected):
+def test_finetune_policy(flat_dataset, tmp_path, backbone_weights, finetune, below, expected, monkeypatch):
+    monkeypatch.setattr(plan, "FAR_SHIFT", float("inf"))  # whatever the BatchNorm shift, the data counts as near
     phases, log = _phases(flat_dataset, tmp_path, f"{finetune}{below}", pretrained=True, weights=backbone_weights,
                           head_epochs=2, finetune=finetune, finetune_below=below)
     assert phases == expected
     if phases == ["head", "head"]:
         assert "no fine-tuning:" in log
+
+
+def test_auto_fine_tunes_a_fitting_head_on_far_data(flat_dataset, tmp_path, backbone_weights, monkeypatch):
+    monkeypatch.setattr(plan, "FAR_SHIFT", -1.0)  # any BatchNorm shift counts as far
+    phases, log = _phases(flat_dataset, tmp_path, "far", pretrained=True, weights=backbone_weights, head_epochs=2,
+                          finetune_below=0.0)
+    assert phases == ["head", "head", "finetune", "finetune"]
+    assert "the data is far from the pretraining images" in log
 
 
 def test_bad_finetune_value_is_one_clear_error(flat_dataset, tmp_path):

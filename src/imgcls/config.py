@@ -77,7 +77,11 @@ class DataConfig:
                      choices=TASKS)
     label_sep: str = _opt(";", "what separates the labels in a manifest's labels column: ';' (default), '|' or "
                                "'space'", choices=LABEL_SEPARATORS)
-    image_size: int | None = _opt(None, "training image size (default: the backbone's pretrained size)", low=8)
+    image_size: int | None = _opt(None, "image size of the model: features, evaluation, predict (default: the plan's: "
+                                        "the backbone's pretrained size, less for small images; docs/performance.md)",
+                                  low=8)
+    train_size: int | None = _opt(None, "crop size while fine-tuning (default: the plan's; see docs/performance.md)",
+                                  low=8)
     mean: list[float] | None = _opt(None, "normalisation mean (default: from the backbone)", cli=False)
     std: list[float] | None = _opt(None, "normalisation std (default: from the backbone)", cli=False)
     augment: str = _opt("default", "train augmentation preset: default | none | keras | color | randaugment | "
@@ -106,21 +110,24 @@ class ModelConfig:
     head: str = _opt("linear", "classifier head: linear | mlp:512,256", pattern=HEAD_PATTERN)
     dropout: float = _opt(0.2, "dropout before the classifier (and in MLP heads)", low=0.0, high=1.0, open_high=True)
     head_l2: float = _opt(0.0, "L2 penalty on the MLP head's dense weights (Keras-style, added to the loss)", low=0.0)
-    freeze: str = _opt("none", "what stays frozen while fine-tuning: none | backbone | half | all-but-last:N",
-                       pattern=FREEZE_PATTERN)
+    freeze: str | None = _opt(None, "what stays frozen while fine-tuning: none | backbone | half | all-but-last:N "
+                                    "(default: the plan's)", pattern=FREEZE_PATTERN)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = _opt(12, "total epochs, including the head-only phase", low=1)
+    epochs: int | None = _opt(None, "total epochs, including the head-only phase (default: the plan's, from the "
+                                    "dataset's size)", low=1)
     head_epochs: int | None = _opt(None, "first phase: epochs with the whole backbone frozen (0 = single phase; "
                                          "default: 8 for a pretrained backbone, 0 for one trained from scratch)",
                                    low=0)
-    finetune: str = _opt("auto", "after the head phase: always | never | auto (fine-tune only when the frozen "
-                                 "features underfit: the head's clean train top-1 is below --finetune-below)",
+    finetune: str = _opt("auto", "after the head phase: always | never | auto (the plan's: fine-tune unless the head "
+                                 "fits the frozen features, clean train top-1 >= --finetune-below, on data near the "
+                                 "pretraining images)",
                          choices=FINETUNE_MODES)
-    bn_eval: bool = _opt(True, "fine-tuning a pretrained backbone: its BatchNorm layers keep their pretrained "
-                               "statistics (Keras's advice; batch statistics of a new domain wreck the features)")
+    bn_eval: bool | None = _opt(None, "fine-tuning a pretrained backbone: its BatchNorm layers keep their pretrained "
+                                      "statistics (default: the plan's: kept on data near the pretraining images, "
+                                      "adapted on data far from them)")
     finetune_below: float = _opt(0.95, "--finetune auto: fine-tune when the head's clean train top-1 is below this",
                                  low=0.0)
     optimizer: str = _opt("adamw", "adamw | adam | sgd", choices=OPTIMIZERS)
@@ -164,6 +171,10 @@ class TrainConfig:
                                    "multilabel: val_map (what val_acc means there) | val_f1 | val_loss | train_f1",
                         pattern=MONITOR_PATTERN)
     feature_cache: bool = _opt(True, "while the backbone is frozen, train the head on features computed once")
+    cut_cache: bool = _opt(True, "partial fine-tuning (--freeze half | all-but-last:N): compute the frozen blocks' "
+                                 "output once per augmented view and train the rest on it (EfficientNet and ResNet "
+                                 "families)")
+    cut_views: int = _opt(2, "--cut-cache: augmented views kept, reused in turn after the first epochs", low=1)
     feature_views: int = _opt(1, "cached feature views per train image: 1 = the clean eval view, K = K augmented "
                                  "views used in turn", low=1)
     early_stopping: int | None = _opt(None, "stop after this many epochs without improvement", low=1)

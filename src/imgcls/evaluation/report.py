@@ -34,6 +34,7 @@ from imgcls.inference.classifier import Classifier
 from imgcls.inference.predictions import Predictions
 from imgcls.metrics.calibration import calibration_summary
 from imgcls.runtime import log
+from imgcls.training.plan import PLAN_FILE, read_plan
 from imgcls.training.state import STATE_FILE, TrainState, load_state
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -63,6 +64,7 @@ def write_report(classifier: Classifier, evaluation: Evaluation, out_path: str |
         "config_yaml": yaml.safe_dump(card.config, sort_keys=False),
         "curves": figures.training_curves(history, _best_epoch(card)),
         "training_extras": _training_extras(classifier),
+        "plan": _plan(classifier),
     }
     if classifier.multilabel:
         context.update(multilabel_sections(classifier, evaluation, counts, min(gallery_size, 12)))
@@ -87,6 +89,35 @@ def write_report(classifier: Classifier, evaluation: Evaluation, out_path: str |
     out_path.write_text(render(context), encoding="utf-8")
     log.info("report: %s", out_path)
     return out_path
+
+
+def _plan(classifier: Classifier) -> dict[str, Any] | None:
+    """"Why this plan": the run's ``plan.json`` (training/plan.py) as the measurements and,
+    per choice, its value and the rule or flag that made it; None for runs without one."""
+    if classifier.run_dir is None:
+        return None
+    try:
+        record = read_plan(classifier.run_dir)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        log.warning("report: %s unreadable (%s)", classifier.run_dir / PLAN_FILE, err)
+        return None
+    if record is None or record.plan is None or record.measurements is None:
+        return None
+    m = record.measurements
+    measured = [("classes", m.classes), ("train images", f"{m.train_images:,} (smallest class {m.smallest_class})"),
+                ("median image side", f"{m.image_side} px" if m.image_side else "unknown"),
+                ("pretraining size", f"{m.pretrained_size} px" + ("" if m.pretrained else " (random weights)"))]
+    if m.head_train_top1 is not None:
+        measured.append((f"head on frozen features, train / val {m.fit_metric}",
+                         f"{m.head_train_top1:.3f} / " + (f"{m.head_val_top1:.3f}" if m.head_val_top1 is not None
+                                                          else "n/a")))
+    if m.bn_shift is not None:
+        measured.append(("BatchNorm shift of the first layers (KL, nats)", f"{m.bn_shift:.3f}"))
+    if m.gray_share is not None:
+        measured.append(("grayscale images", f"{m.gray_share:.0%}"))
+    values = {key: getattr(record.plan, key) for key in record.plan.why}
+    choices = [(key, format(v, "g") if isinstance(v, float) else str(v), record.plan.why[key]) for key, v in values.items()]
+    return {"stage": record.stage, "measured": measured, "choices": choices}
 
 
 def _training_extras(classifier: Classifier) -> dict[str, Any]:
@@ -195,7 +226,7 @@ def _summary(classifier: Classifier, metrics: dict, history: list[dict],
                   f"head {config.model.head}, input {classifier.preprocessing.image_size} px"),
         ("training", f"{_epochs_summary(history, config)}, "
                      f"{config.train.optimizer} lr {config.train.lr:g}, batch {config.data.batch_size}, "
-                     f"freeze {config.model.freeze}"),
+                     f"freeze {config.model.freeze or 'none'}"),
         ("EMA / TTA", f"{'EMA of the weights (decay ' + format(config.train.ema_decay, 'g') + ')' if card.ema else 'no EMA'}"
                       f"; {'test-time augmentation: ' + classifier.tta if classifier.tta != 'none' else 'no TTA'}"),
         ("best checkpoint", f"epoch {monitor.get('best_epoch', card.epoch)}, "
@@ -401,7 +432,7 @@ def _calibration_row(summary: dict) -> dict[str, Any]:
 def _size_rows(classifier: Classifier, state: TrainState | None, latency_budget_s: float) -> list[tuple[str, str]]:
     config = classifier.config
     # Trainable as at the saved epoch: the head alone during the head-only phase, else --freeze.
-    freeze = "backbone" if classifier.card.phase == "head" else config.model.freeze
+    freeze = "backbone" if classifier.card.phase == "head" else config.model.freeze or "none"
     size = model_size(classifier.torch_module, classifier.preprocessing.image_size, freeze, latency_budget_s,
                       model_file=classifier.source, optimizer_state=state.optimizer if state else None)
     params, opt, lat = size["parameters"], size["optimizer_state"], size["latency"]

@@ -14,6 +14,7 @@ micro-F1 at probability 0.5 where single-label runs report top-1.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,7 @@ from imgcls.config import MULTILABEL
 from imgcls.data.loaders import DeviceLoader, make_loader
 from imgcls.inference.predictions import Predictions, labelled_rows, outputs_and_loss
 from imgcls.runtime import autocast, infer, log, progress
+from imgcls.training.probe import DomainProbe
 from imgcls.training.stats import EpochStats
 
 
@@ -35,18 +37,23 @@ class FeatureSet:
     val_targets: torch.Tensor
     val_indices: np.ndarray  # dataset positions of the decodable val images
     bad: list
+    domain: dict | None = None  # the training plan's measurements of the first train view (probe.DomainProbe)
 
 
 @torch.no_grad()
 def _extract(backbone: nn.Module, loader, device, amp, size: int, desc: str,
-             memory_format: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor, list]:
+             memory_format: torch.memory_format, probe=None) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Features of every image of ``loader``; ``probe`` (a training.probe.DomainProbe)
+    measures the pass on the way."""
     backbone.eval()
     features, targets, bad = None, torch.full((size,), -1, dtype=torch.long), []
     for batch in progress(DeviceLoader(loader, device, memory_format), desc=desc, total=len(loader)):
         bad.extend(batch.bad)
         if not len(batch):
             continue
-        with autocast(device, amp):
+        if probe is not None:
+            probe.observe(batch.images)
+        with autocast(device, amp), probe if probe is not None else contextlib.nullcontext():
             out = infer(backbone, batch.images).float().cpu()
         if features is None:
             features = torch.zeros(size, out.shape[1])
@@ -59,7 +66,9 @@ def _extract(backbone: nn.Module, loader, device, amp, size: int, desc: str,
 
 def extract_feature_set(trainer, views: int, clean_train=None) -> FeatureSet:
     """Features of every train image (``views`` augmented views, or with ``views`` 1 the
-    ``clean_train`` dataset: train images under the eval transform) and of every val image."""
+    ``clean_train`` dataset: train images under the eval transform) and of every val image.
+    The first train view's pass also measures the data for the training plan
+    (:class:`~imgcls.training.probe.DomainProbe`: BatchNorm shift, grayscale share)."""
     batch = trainer.loaders["train"].batch_size
     workers = trainer.loaders["train"].num_workers
     train_data = trainer.loaders["train"].dataset
@@ -78,9 +87,11 @@ def extract_feature_set(trainer, views: int, clean_train=None) -> FeatureSet:
             loader.sampler.set_epoch(10_000 + view)  # distinct augmentation seeds per view
             loaders.append(loader)
     train_views, train_targets, bad = [], None, []
+    probe = DomainProbe(backbone, trainer.preprocessing.mean, trainer.preprocessing.std)
     for view, loader in enumerate(loaders):
         feats, train_targets, view_bad = _extract(backbone, loader, device, amp, len(train_data),
-                                                  f"features (view {view + 1}/{len(loaders)})", trainer.memory_format)
+                                                  f"features (view {view + 1}/{len(loaders)})", trainer.memory_format,
+                                                  probe if view == 0 else None)
         train_views.append(feats)
         bad = bad or view_bad
     val, val_targets, val_bad = _extract(backbone, val_loader, device, amp, len(val_loader.dataset), "features (val)",
@@ -89,7 +100,7 @@ def extract_feature_set(trainer, views: int, clean_train=None) -> FeatureSet:
     log.info("feature cache: %d train x %d view(s), %d val images, %d features", len(train_data), len(loaders),
              len(decoded), train_views[0].shape[1])
     return FeatureSet(torch.stack(train_views), train_targets, val[decoded], val_targets[decoded],
-                      decoded.numpy(), bad + val_bad)
+                      decoded.numpy(), bad + val_bad, {"bn_shift": probe.bn_shift, "gray_share": probe.gray_share})
 
 
 def usable_rows(targets: torch.Tensor) -> torch.Tensor:

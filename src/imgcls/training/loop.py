@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from imgcls.runtime import (amp_dtype, autocast, configure_cuda, configure_loggi
 from imgcls.training import distributed
 from imgcls.training.callbacks import Monitor
 from imgcls.training.distributed import DistContext
+from imgcls.training.cutcache import CutCache, available_memory, make_cut_cache, train_cut_epoch, view_bytes
 from imgcls.training.budget import (INFERENCE_SPEEDUP, Budget, PhasePlan, evaluation_reserve, measure_step_seconds,
                                     phase_epochs)
 from imgcls.training.features import (FeatureSet, extract_feature_set, head_fit, predict_val, train_head_epoch,
@@ -54,6 +56,10 @@ from imgcls.training.logs import BadFileLog, MetricsLog
 from imgcls.training.losses import build_criterion, check_task_options, plain_loss
 from imgcls.training.mixing import build_mixer
 from imgcls.training.optim import create_optimizer, create_scheduler, plan_schedule
+from imgcls.training.plan import (PLAN_FILE, Measurements, PlanRecord, asked_options, choose_plan, describe_plan,
+                                  read_plan,
+                                  reconcile_resumed, with_asked)
+from imgcls.training.probe import measure_dataset, probe_images
 from imgcls.training.resume import ResumePoint, check_resume_config, check_same_classes, read_resume_point
 from imgcls.training.rundir import open_run_dir
 from imgcls.training.state import STATE_FILE, TrainState, save_state
@@ -97,6 +103,8 @@ class Trainer:
     schedule: list[int] = field(default_factory=list)  # epochs of each LR segment (optim.plan_schedule)
     ema: ModelEmaV3 | None = None  # --ema: the averaged weights that validation and best.safetensors use
     budget: Budget | None = None  # --time-limit: plans each phase's epochs from the measured step time
+    plan: PlanRecord | None = None  # the training plan, its measurements and the options as asked (plan.json)
+    cut: CutCache | None = None  # --cut-cache: the frozen blocks' activations while partial fine-tuning
     step: int = 0
     stop_requested: bool = False
 
@@ -123,15 +131,18 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
     ctx, cuda_device = distributed.init_distributed(config.train.device)
     resumed = read_resume_point(resume) if resume is not None else None
     if resumed is not None:
-        config = check_resume_config(resumed.config, config, resumed.state.epoch)
+        config = check_resume_config(resumed.config, reconcile_resumed(config, resumed.config, resumed.run_dir),
+                                     resumed.state.epoch)
     data = _discover(config)
     if resumed is not None:
         check_same_classes(resumed.card.classes, data.classes, config.data.path or "the run's dataset")
     auto_lr = config.train.lr == "auto"
     if auto_lr:
         config.train.lr = DEFAULT_LR  # a stand-in until the range test has run on the built model
+    plan = _start_plan(config, data, resumed)
     run_dir = _open(config, resumed, ctx)
     trainer = _build(config, data, run_dir, resumed, ctx, cuda_device)
+    trainer.plan = _write_plan(plan, run_dir, ctx)
     if auto_lr:
         _auto_lr(trainer, run_dir)
     monitor = Monitor(config.train.monitor, config.train.early_stopping)
@@ -145,7 +156,7 @@ def train(config: RunConfig, resume: str | Path | None = None, callbacks: list[E
 
     epoch = start_epoch - 1
     while (epoch := epoch + 1) < config.train.epochs:  # --time-limit may re-plan the epochs
-        if epoch == head_epochs(config) > 0 and (reason := _skip_finetune(trainer, history)):
+        if epoch == head_epochs(config) and (reason := _plan_finetune(trainer, history, run_dir)):
             log.info("no fine-tuning: %s", reason)
             break
         phase, previous = _set_phase(trainer, epoch), phase
@@ -269,7 +280,7 @@ def run_range_test(trainer: Trainer, phase: str, steps: int | None = None) -> Ra
         compute, steps = _feature_loss(trainer, generator), steps or 100
         start, end = 1e-6, 10.0
     else:
-        apply_freeze(trainer.model, trainer.config.model.freeze)
+        apply_freeze(trainer.model, trainer.config.model.freeze or "none")  # before a plan: the whole backbone
         compute, steps = _image_loss(trainer), steps or 30
         start, end = 1e-6, 1.0
     try:
@@ -297,7 +308,9 @@ def _image_loss(trainer: Trainer) -> Callable[[], torch.Tensor]:
     batches = DeviceLoader(trainer.loaders["train"], trainer.device, trainer.memory_format)
     loss = plain_loss(trainer.config)
     stream = iter(())
-    train_mode(trainer.model, backbone_bn_eval=trainer.config.train.bn_eval and starts_pretrained(trainer.config.model))
+    # before a plan has chosen (lr-find), pretrained statistics are kept
+    train_mode(trainer.model, backbone_bn_eval=trainer.config.train.bn_eval is not False
+               and starts_pretrained(trainer.config.model))
 
     def compute() -> torch.Tensor:
         nonlocal stream
@@ -318,6 +331,7 @@ def find_lr(config: RunConfig, phase: str = "auto", steps: int | None = None) ->
     phase); writes ``lr_find.json`` there and returns the test and the folder."""
     data = _discover(config)
     config.name = config.name or f"lr-find-{config.model.name.replace(':', '-').replace('/', '-')}"
+    _start_plan(config, data, None)  # the image size and length the run would have
     run_dir = _open(config, None, DistContext())
     trainer = _build(config, data, run_dir, None, DistContext(), None)
     if phase == "auto":
@@ -347,6 +361,8 @@ def _run_epoch(trainer: Trainer, epoch: int) -> tuple[dict, Predictions]:
         trainer.head_fit = head_fit(trainer, trainer.features)
         return stats, predict_val(trainer, trainer.features, trainer.evaluated.head)
     trainer.features = None  # stale as soon as the backbone trains
+    if trainer.cut is not None:
+        return train_cut_epoch(trainer, trainer.cut, epoch, _optimizer_step), _predict(trainer, "val")
     return train_one_epoch(trainer, epoch), _predict(trainer, "val")
 
 
@@ -383,7 +399,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
     model, cfg, accumulate = trainer.model, trainer.config.train, trainer.config.train.accumulate
     loader = trainer.loaders["train"]
     loader.sampler.set_epoch(epoch)
-    train_mode(model, backbone_bn_eval=cfg.bn_eval and starts_pretrained(trainer.config.model))
+    train_mode(model, backbone_bn_eval=bool(cfg.bn_eval) and starts_pretrained(trainer.config.model))
     usable = len(loader) - len(loader) % accumulate  # an unfinished accumulation is dropped
     stats = EpochStats(trainer.data.multilabel)
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -488,45 +504,145 @@ DEFAULT_HEAD_EPOCHS = 8  # on cached features, eight head epochs cost about as m
 
 def head_epochs(config: RunConfig) -> int:
     """Length of the head-only phase; by default none for a backbone that starts from random
-    weights, whose features a head could not use."""
+    weights, whose features a head could not use (the plan's rule, training/plan.py)."""
+    epochs = config.train.epochs
     if config.train.head_epochs is not None:
-        return min(config.train.head_epochs, config.train.epochs)
-    return min(DEFAULT_HEAD_EPOCHS, config.train.epochs) if starts_pretrained(config.model) else 0
+        wanted = config.train.head_epochs
+    else:
+        wanted = DEFAULT_HEAD_EPOCHS if starts_pretrained(config.model) else 0
+    return min(wanted, epochs) if epochs is not None else wanted
 
 
-def _skip_finetune(trainer: Trainer, history: list[dict]) -> str | None:
-    """Why the run ends after the head phase, or None to fine-tune.
+def _start_plan(config: RunConfig, data: DatasetSplits, resumed: ResumePoint | None) -> PlanRecord:
+    """The plan before training (training/plan.py): measured from the listing and the file
+    headers; fills in the image sizes and a provisional length, which the rest of the run
+    is built with. A resumed run keeps the plan its folder records."""
+    if resumed is not None:
+        record = read_plan(resumed.run_dir)
+        if record is not None:
+            return record
+    record = PlanRecord(asked=asked_options(config), measurements=measure_dataset(config, data))
+    record.plan = choose_plan(record.measurements, config)
+    config.data.image_size = record.plan.image_size
+    config.data.train_size = record.plan.train_size
+    config.train.epochs = record.plan.epochs  # provisional: the plan after the head phase decides
+    return record
 
-    ``auto`` is a bias/variance call: when a linear head already separates the training
-    images on frozen features (clean train top-1 near 1), the remaining val error is
-    variance, which a fine-tuned backbone adds to rather than removes, at ~10x the cost
-    per epoch; when the head underfits, the features lack something the task needs and
-    fine-tuning pays. Without cached features, the last head epoch's (augmented) train
-    accuracy stands in, which errs towards fine-tuning.
-    """
-    cfg = trainer.config.train
-    if cfg.finetune == "always":
-        return None
-    if cfg.finetune == "never":
-        return "--finetune never"
-    multilabel = trainer.data.multilabel  # the fit is then the micro-F1 of the head's label decisions
-    measure = "micro-F1" if multilabel else "top-1"
-    fit = trainer.head_fit if trainer.head_fit is not None else history[-1]["train_f1" if multilabel else "train_acc"]
-    if fit < cfg.finetune_below:
-        log.info("fine-tuning: the head underfits the frozen features (train %s %.3f < --finetune-below %g)",
-                 measure, fit, cfg.finetune_below)
-        return None
-    return (f"the head already fits the frozen features (train {measure} {fit:.3f} >= --finetune-below "
-            f"{cfg.finetune_below:g}); --finetune always overrides")
+
+def _write_plan(record: PlanRecord, run_dir: Path, ctx: DistContext) -> PlanRecord:
+    if ctx.is_main:
+        (run_dir / PLAN_FILE).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+    return record
+
+
+def _plan_finetune(trainer: Trainer, history: list[dict], run_dir: Path) -> str | None:
+    """Where the head phase ends (or at the start, without one): measure, choose what
+    fine-tunes and how (training/plan.py), log the plan and the measurements behind it,
+    apply it; returns why the run ends when the plan is the head alone."""
+    record, ctx = trainer.plan, trainer.ctx
+    record.measurements = _measure(trainer, history, record.measurements)
+    plan = choose_plan(record.measurements, with_asked(trainer.config, record.asked))
+    record.plan = distributed.broadcast_object(ctx, plan)  # one plan for all ranks
+    record.stage = "finetune" if record.plan.finetune else "head only"
+    for line in describe_plan(record):
+        log.info("%s", line)
+    _write_plan(record, run_dir, ctx)
+    _apply_plan(trainer, record.plan)
+    if ctx.is_main:
+        trainer.config.save(run_dir / "config.yaml")  # the settings that are applied
+    return None if record.plan.finetune else record.plan.why["finetune"]
+
+
+def _measure(trainer: Trainer, history: list[dict], before: Measurements) -> Measurements:
+    """The measurements before training plus what the head phase showed: the head's clean
+    train top-1 (or, without cached features, its last augmented train top-1, which errs
+    towards fine-tuning), its val top-1, and the domain probe of the feature pass (or of
+    a few clean train images when no feature pass ran, e.g. on resume)."""
+    m = dataclasses.replace(before)
+    heads = [row for row in history if row.get("phase") == "head"]
+    metric = "f1" if trainer.data.multilabel else "acc"  # multilabel fits are micro-F1 of the label decisions
+    if heads:
+        m.fit_metric = "micro-F1" if trainer.data.multilabel else "top-1"
+        m.head_train_top1 = trainer.head_fit if trainer.head_fit is not None else heads[-1].get(f"train_{metric}")
+        m.head_val_top1 = heads[-1].get(f"val_{metric}")
+    domain = trainer.features.domain if trainer.features is not None else None
+    if domain is None and m.pretrained:
+        loader = make_loader(_clean_train_dataset(trainer), trainer.loaders["train"].batch_size, train=False,
+                             workers=0, collate_fn=trainer.loaders["val"].collate_fn)
+        probe = probe_images(trainer.model.backbone, loader, trainer.device, trainer.amp, trainer.memory_format,
+                             trainer.preprocessing.mean, trainer.preprocessing.std)
+        domain = {"bn_shift": probe.bn_shift, "gray_share": probe.gray_share}
+    if domain:
+        m.bn_shift, m.gray_share = domain["bn_shift"], domain["gray_share"]
+    return m
+
+
+def _apply_plan(trainer: Trainer, plan) -> None:
+    """Put the plan's fine-tuning choices into the config (what the rest of the run reads)
+    and into the optimiser: the backbone's rate, and a schedule over the planned epochs."""
+    cfg = trainer.config
+    cfg.train.epochs = plan.epochs
+    cfg.train.finetune = "always" if plan.finetune else "never"  # what was decided, not "auto"
+    if not plan.finetune:
+        return
+    cfg.model.freeze, cfg.train.bn_eval, cfg.train.backbone_lr = plan.freeze, plan.bn_eval, plan.backbone_lr
+    for group in trainer.optimizer.param_groups:
+        if group["part"] == "backbone":
+            group["lr"] = group["initial_lr"] = plan.backbone_lr  # the schedule starts from initial_lr
+    _replan_schedule(trainer)
 
 
 def _set_phase(trainer: Trainer, epoch: int) -> str:
-    """Two-phase fine-tuning: the head alone first, then what ``--freeze`` leaves trainable."""
+    """Two-phase fine-tuning: the head alone first, then what ``--freeze`` leaves trainable,
+    on crops of ``--train-size``."""
     if epoch < head_epochs(trainer.config):
         apply_freeze(trainer.model, "backbone")
         return "head"
-    apply_freeze(trainer.model, trainer.config.model.freeze)
+    apply_freeze(trainer.model, trainer.config.model.freeze or "none")
+    _fit_train_loader(trainer)
+    if trainer.cut is None and _cut_applies(trainer):
+        trainer.cut = _make_cut(trainer, epoch)
     return "finetune"
+
+
+def _cut_applies(trainer: Trainer) -> bool:
+    """The cut-point cache stands in for the frozen blocks only when nothing could tell them
+    apart: one process, plain single-label batches, one micro-batch per step."""
+    cfg = trainer.config.train
+    return (cfg.cut_cache and not trainer.ctx.enabled and trainer.mixer is None and not trainer.model.hierarchical
+            and not trainer.data.multilabel and cfg.balance != "sampler" and cfg.accumulate == 1
+            and not cfg.compile)
+
+
+def _make_cut(trainer: Trainer, epoch: int) -> CutCache | None:
+    """The cut-point cache where the frozen blocks end, if the architecture can be cut there
+    and ``--cut-views`` views fit in a quarter of the free memory."""
+    cut = make_cut_cache(trainer.model, epoch, trainer.config.train.cut_views)
+    if cut is None:
+        return None
+    size = trainer.config.data.train_size or trainer.preprocessing.image_size
+    needed = cut.views * view_bytes(cut, len(trainer.loaders["train"].dataset), size, trainer.device)
+    if needed > available_memory() / 4:
+        log.info("cut-point cache: %d view(s) need %.1f GB, over a quarter of the free memory; recomputing the "
+                 "frozen blocks instead", cut.views, needed / 1e9)
+        return None
+    log.info("cut-point cache: the frozen blocks run once per view (%d views, %.0f MB); the rest trains on their output",
+             cut.views, needed / 1e6)
+    return cut
+
+
+def _fit_train_loader(trainer: Trainer) -> None:
+    """The train loader, rebuilt when fine-tuning crops to another size than the model's
+    (train small, evaluate larger: the FixRes effect)."""
+    size = trainer.config.data.train_size or trainer.preprocessing.image_size
+    loader = trainer.loaders["train"]
+    if getattr(loader, "crop_size", trainer.preprocessing.image_size) == size:
+        return
+    pre = dataclasses.replace(trainer.preprocessing, image_size=size)
+    trainer.loaders["train"] = make_split_loader(trainer.data, "train", pre, trainer.config, train=True,
+                                                 ctx=trainer.ctx)
+    trainer.loaders["train"].crop_size = size
+    log.info("fine-tuning on %d px crops; the model is evaluated at %d px", size, trainer.preprocessing.image_size)
 
 
 def _epoch_row(trainer: Trainer, epoch: int, phase: str, train_stats: dict, val: Predictions, seconds: float) -> dict:
