@@ -117,7 +117,9 @@ def test_choices_are_pure_and_the_record_round_trips(tmp_path):
     (tmp_path / plans.PLAN_FILE).write_text(json.dumps(record.to_dict()))
     assert read_plan(tmp_path) == record
     lines = describe_plan(record)
-    assert "BatchNorm shift" in lines[0] and "grayscale 100%" in lines[0]
+    assert f"BatchNorm shift {FAR:.3f} (far: above" in lines[0] and "grayscale 100%" in lines[0]
+    near = PlanRecord(asked=record.asked, measurements=dataclasses.replace(m, bn_shift=NEAR), plan=record.plan)
+    assert "(near: at most" in describe_plan(near)[0]
     assert any(line.startswith("plan: bn_eval = False") for line in lines)
 
 

@@ -287,7 +287,8 @@ def describe_plan(record: PlanRecord) -> list[str]:
         seen.append(f"head on frozen features: train top-1 {m.head_train_top1:.3f}"
                     + (f", val {m.head_val_top1:.3f}" if m.head_val_top1 is not None else ""))
     if m.bn_shift is not None:
-        seen.append(f"BatchNorm shift {m.bn_shift:.3f} (far above {FAR_SHIFT:g})")
+        far = m.bn_shift > FAR_SHIFT
+        seen.append(f"BatchNorm shift {m.bn_shift:.3f} ({'far: above' if far else 'near: at most'} {FAR_SHIFT:g})")
     if m.gray_share is not None:
         seen.append(f"grayscale {m.gray_share:.0%}")
     lines = ["plan: measured " + "; ".join(seen)]
