@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -39,10 +40,12 @@ def _eval_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def part_cv(out: Path, folds: int) -> None:
-    seconds, _ = _imgcls("cv", str(DATA), "--folds", str(folds), "--out-dir", str(out), "--name", "cv", "--no-report")
+def part_cv(out: Path, folds: int, extra: list[str]) -> None:
+    seconds, _ = _imgcls("cv", str(DATA), "--folds", str(folds), "--out-dir", str(out), "--name", "cv", "--no-report",
+                         *extra)
     summary = json.loads((out / "cv" / "cv.json").read_text())
-    print(f"\n### {folds}-fold cross-validation of the default `imgcls train` on cifar10-small ({seconds / 60:.1f} min)\n")
+    print(f"\n### {folds}-fold cross-validation of `imgcls train {' '.join(extra) or '(defaults)'}` on cifar10-small "
+          f"({seconds / 60:.1f} min)\n")
     print("| fold | held-out top-1 | held-out macro-F1 | test top-1 |")
     print("| --- | --- | --- | --- |")
     tests = []
@@ -59,16 +62,17 @@ def part_cv(out: Path, folds: int) -> None:
           f"{summary['out_of_fold']['top1']:.4f} on {summary['images']} images.")
 
 
-def part_ema_tta(out: Path) -> None:
+def part_ema_tta(out: Path, extra: list[str]) -> None:
     rows = []
     for name, flags in (("plain", []), ("ema", ["--ema"])):
-        seconds, _ = _imgcls("train", str(DATA), "--out-dir", str(out), "--name", name, "--no-report", *flags)
+        seconds, _ = _imgcls("train", str(DATA), "--out-dir", str(out), "--name", name, "--no-report", *extra, *flags)
         rows.append((name, _eval_json(out / name / "eval-test" / "eval.json"), seconds))
     for mode in ("flip", "flip+crops"):
         seconds, _ = _imgcls("eval", str(out / "plain"), "--split", "test", "--tta", mode, "--no-report",
                              "--out", str(out / f"tta-{mode}"))
         rows.append((f"plain + TTA {mode}", _eval_json(out / f"tta-{mode}" / "eval.json"), seconds))
-    print("\n### EMA and TTA against the same run without them (cifar10-small test split, seed 0)\n")
+    print(f"\n### EMA and TTA against the same run without them (cifar10-small test split, seed 0; train flags: "
+          f"{' '.join(extra) or 'defaults'})\n")
     print("| run | test top-1 | test log loss | ECE | wall s |")
     print("| --- | --- | --- | --- | --- |")
     for name, metrics, seconds in rows:
@@ -139,13 +143,15 @@ def main() -> int:
     parser.add_argument("--kill-after", type=int, default=5)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--train-flags", default="", help="cv and ema-tta: extra train flags, e.g. '--image-size 64'")
     args = parser.parse_args()
+    extra = shlex.split(args.train_flags)
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} not found")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="imgcls-practitioner-"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"runs in {out}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start")
-    {"cv": lambda: part_cv(out, args.folds), "ema-tta": lambda: part_ema_tta(out),
+    {"cv": lambda: part_cv(out, args.folds, extra), "ema-tta": lambda: part_ema_tta(out, extra),
      "tune": lambda: part_tune(out, args.trials, args.kill_after, args.size),
      "budget": lambda: part_budget(out, args.minutes)}[args.part]()
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
