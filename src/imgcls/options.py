@@ -91,7 +91,7 @@ class TuneCommand(RecipeCommand):
     trials: int = _opt(20, "finished trials the study should hold (an interrupted study continues)", low=1)
     time_limit: float | None = _opt(None, "minutes the search may run in all (no new trial starts after it)",
                                     low=0.0, open_low=True)
-    space: str | None = _opt(None, "YAML search space replacing the default one (docs/tuning.md)", metavar="FILE")
+    space: str | None = _opt(None, "YAML search space replacing the default one (docs/practice.md)", metavar="FILE")
     study: str | None = _opt(None, "study folder name under --out-dir (default: --name, else tune-<model>)")
 
 
