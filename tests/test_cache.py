@@ -55,7 +55,7 @@ def test_changed_file_invalidates_the_disk_cache(tmp_path):
 
 
 def test_ram_cache_falls_back_to_disk_when_memory_is_short(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(cache_module, "_available_memory", lambda: 1000)
+    monkeypatch.setattr(cache_module, "available_memory", lambda: 1000)
     monkeypatch.setattr(cache_module.log, "propagate", True)  # earlier runs may have detached it
     caplog.set_level("INFO", logger="imgcls")
     paths = _photos(tmp_path / "imgs")

@@ -26,7 +26,7 @@ from torchvision.transforms import v2 as T
 from imgcls.config import CACHE_MODES
 from imgcls.data.images import ImageDecodeError, load_rgb
 from imgcls.data.transforms import Preprocessing
-from imgcls.runtime import log, progress
+from imgcls.runtime import available_memory, log, progress
 
 RAM_SHARE = 0.5  # use at most half of the currently available memory
 # RAM caches alive in this process, by key: freed with the last dataset that uses them.
@@ -63,7 +63,7 @@ def choose_mode(mode: str, count: int, side: int, cache_dir: Path) -> str:
     if mode == "none":
         return mode
     needed = count * side * side * 3
-    if mode in ("auto", "ram") and needed <= RAM_SHARE * _available_memory():
+    if mode in ("auto", "ram") and needed <= RAM_SHARE * available_memory():
         return "ram"
     if mode == "ram":
         log.info("pixel cache: %.1f GB does not fit in free memory; using a disk cache instead", needed / 1e9)
@@ -73,17 +73,6 @@ def choose_mode(mode: str, count: int, side: int, cache_dir: Path) -> str:
         return "disk"
     log.info("pixel cache: %.1f GB needed, not enough disk in %s; decoding every epoch", needed / 1e9, cache_dir)
     return "none"
-
-
-def _available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def build_cache(paths: list[Path], pre: Preprocessing, mode: str, cache_dir: Path | None = None,

@@ -15,7 +15,6 @@ reused epochs match recomputing the frozen blocks on the same views (``keep=Fals
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -53,18 +52,6 @@ def make_cut_cache(model, start: int, views: int, keep: bool = True) -> CutCache
     if parts is None:
         return None
     return CutCache(parts[0], parts[1], start, max(views, 1), keep)
-
-
-def available_memory() -> int:
-    """Bytes of memory available to new allocations (MemAvailable; free pages elsewhere)."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 @torch.no_grad()

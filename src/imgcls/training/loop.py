@@ -41,12 +41,12 @@ from imgcls.metrics.hierarchy import hierarchy_epoch_metrics
 from imgcls.metrics.multilabel import mean_average_precision, samples_f1
 from imgcls.models.backbones import starts_pretrained
 from imgcls.models.classifier import apply_freeze, build_model, parameter_counts, train_mode
-from imgcls.runtime import (amp_dtype, autocast, configure_cuda, configure_logging, log, memory_format_for, progress,
-                            select_device, seed_everything)
+from imgcls.runtime import (amp_dtype, autocast, available_memory, configure_cuda, configure_logging, log,
+                            memory_format_for, progress, select_device, seed_everything)
 from imgcls.training import distributed
 from imgcls.training.callbacks import Monitor
 from imgcls.training.distributed import DistContext
-from imgcls.training.cutcache import CutCache, available_memory, make_cut_cache, train_cut_epoch, view_bytes
+from imgcls.training.cutcache import CutCache, make_cut_cache, train_cut_epoch, view_bytes
 from imgcls.training.budget import (INFERENCE_SPEEDUP, Budget, PhasePlan, evaluation_reserve, measure_step_seconds,
                                     phase_epochs)
 from imgcls.training.features import (FeatureSet, extract_feature_set, head_fit, predict_val, train_head_epoch,
