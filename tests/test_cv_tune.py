@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 from conftest import FAST, make_class_folders
+from multilabel_support import make_manifest
 
 import imgcls
 from imgcls.cli import main
 from imgcls.apps.cv import assign_folds, cross_validate, read_oof_probabilities
-from imgcls.apps.tune import DEFAULT_SPACE, check_space, tune
-from imgcls.config import ConfigError, RunConfig
+from imgcls.apps.tune import DEFAULT_SPACE, MULTILABEL_SPACE, check_space, default_space, tune
+from imgcls.config import MULTILABEL, SINGLE_LABEL, ConfigError, RunConfig
 from imgcls.data.sources import DatasetError, Sample
 from imgcls.evaluation.leaderboard import leaderboard
 
@@ -96,3 +97,36 @@ def test_study_resumes_and_writes_a_recipe(tmp_path):
     assert recipe.train.lr == pytest.approx(again.best_params["train.lr"])
     assert main(["train", str(data), "--recipe", str(again.best_recipe), "--epochs", "1",
                             "--out-dir", str(tmp_path / "again"), "--no-report"]) == 0
+
+
+def test_a_search_on_multilabel_data_optimises_val_map(tmp_path):
+    """The default monitor val_acc means nothing for label sets: the study must optimise
+    val_map, the metric each trial monitors, and report it as the best value."""
+    manifest = make_manifest(tmp_path / "ml", {"train": 24, "val": 12})
+    base = imgcls.make_config(manifest, out_dir=str(tmp_path / "runs"), **dict(FAST, epochs=2, report=False))
+    space = {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}
+    result = tune(base, trials=2, space=space, name="study")
+    assert result.monitor == "val_map"
+    summary = json.loads((result.folder / "tune.json").read_text())
+    assert summary["monitor"] == "val_map"
+    best_run = Path(summary["best_run"])
+    with (best_run / "metrics.csv").open() as handle:
+        val_map = [float(row["val_map"]) for row in csv.DictReader(handle)]
+    assert result.best_value == pytest.approx(max(val_map))
+    assert RunConfig.load(result.best_recipe).data.task == MULTILABEL
+
+
+def test_the_default_space_follows_the_task():
+    assert default_space(SINGLE_LABEL) == DEFAULT_SPACE
+    multilabel = default_space(MULTILABEL)
+    check_space(multilabel)
+    assert "train.mixup" not in multilabel and "train.label_smoothing" not in multilabel  # refused / not applied
+    assert multilabel["train.loss"]["choices"] == ["bce", "asl"] and multilabel == MULTILABEL_SPACE
+
+
+def test_an_option_the_task_refuses_stops_the_search_before_any_trial(tmp_path):
+    manifest = make_manifest(tmp_path / "ml", {"train": 12, "val": 6})
+    base = imgcls.make_config(manifest, out_dir=str(tmp_path / "runs"), **dict(FAST, mixup=0.2, report=False))
+    with pytest.raises(ConfigError, match="--mixup"):
+        tune(base, trials=2, name="study")
+    assert not (tmp_path / "runs" / "study").exists()

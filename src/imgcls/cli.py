@@ -390,7 +390,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     config, _ = _train_config(args, o)
     result = tune(config, o.trials, load_space(o.space), o.time_limit, o.study)
     print(f"\n{result.trials} finished trials in {result.folder / 'study.db'}")
-    print(f"best {config.train.monitor} {result.best_value:.4f} with {result.best_params}")
+    print(f"best {result.monitor} {result.best_value:.4f} with {result.best_params}")
     print(f"best configuration: {result.best_recipe} (imgcls train DATA --recipe {result.best_recipe})")
     return 0
 

@@ -1,7 +1,7 @@
 """``imgcls tune DATA --trials N``: hyperparameter search with Optuna.
 
-Optuna's TPE sampler proposes each trial's settings from :data:`DEFAULT_SPACE` (or a YAML
-file with the same structure), the median pruner stops trials whose monitored val metric
+Optuna's TPE sampler proposes each trial's settings from :data:`DEFAULT_SPACE`
+(:data:`MULTILABEL_SPACE` for multilabel data; or a YAML file with the same structure), the median pruner stops trials whose monitored val metric
 falls below the median of earlier trials at the same epoch, and every trial is an ordinary
 run (``<study>/trial-NNN/``) that the leaderboard lists. The study lives in Optuna's own
 SQLite storage (``<study>/study.db``): a search that was interrupted continues where it
@@ -22,8 +22,10 @@ import timm
 import yaml
 
 from imgcls import api
-from imgcls.config import ConfigError, RunConfig
+from imgcls.config import MULTILABEL, ConfigError, RunConfig
+from imgcls.data.sources import discover_run
 from imgcls.runtime import log, require
+from imgcls.training.losses import check_task_options
 
 # Optuna is the 'tune' extra: imported when a search starts (_require_optuna), not with the CLI.
 optuna = TrialState = None
@@ -47,6 +49,19 @@ DEFAULT_SPACE: dict[str, dict] = {
 }
 
 
+# Multilabel runs train with BCE or ASL: MixUp is refused and label smoothing does not apply,
+# so those two dimensions give way to the choice of loss.
+MULTILABEL_SPACE: dict[str, dict] = {
+    **{key: value for key, value in DEFAULT_SPACE.items() if key not in ("train.mixup", "train.label_smoothing")},
+    "train.loss": {"type": "categorical", "choices": ["bce", "asl"]},
+}
+
+
+def default_space(task: str) -> dict[str, dict]:
+    """The search space used when no ``--space`` file is given, for a resolved task."""
+    return dict(MULTILABEL_SPACE if task == MULTILABEL else DEFAULT_SPACE)
+
+
 @dataclass
 class TuneResult:
     folder: Path
@@ -54,6 +69,7 @@ class TuneResult:
     best_params: dict
     best_recipe: Path
     trials: int  # finished trials in the study (complete or pruned)
+    monitor: str  # the val metric the study optimised (val_map for multilabel data by default)
 
 
 def _require_optuna():
@@ -62,11 +78,12 @@ def _require_optuna():
     TrialState = optuna.trial.TrialState
 
 
-def load_space(path: str | Path | None) -> dict[str, dict]:
-    """The search space: ``DEFAULT_SPACE``, or a YAML mapping of config keys to
-    ``{type, low, high, log}`` / ``{type: categorical, choices}`` entries that replaces it."""
+def load_space(path: str | Path | None) -> dict[str, dict] | None:
+    """The search space of a YAML mapping of config keys to ``{type, low, high, log}`` /
+    ``{type: categorical, choices}`` entries; None without a file (the task's default space,
+    :func:`default_space`, once the data is read)."""
     if path is None:
-        return dict(DEFAULT_SPACE)
+        return None
     try:
         space = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -127,7 +144,8 @@ def tune(base: RunConfig, trials: int, space: dict[str, dict] | None = None, tim
     """Run (or continue) the study in ``<out_dir>/<name>`` until it holds ``trials``
     finished trials or ``time_limit`` minutes have passed; returns the best trial."""
     _require_optuna()
-    space = space or dict(DEFAULT_SPACE)
+    base = _with_task(base)
+    space = space or default_space(base.data.task)
     check_space(space)
     folder = Path(base.out_dir) / (name or base.name or f"tune-{base.model.name.replace(':', '-')}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -146,6 +164,17 @@ def tune(base: RunConfig, trials: int, space: dict[str, dict] | None = None, tim
         study.optimize(objective, n_trials=remaining, timeout=time_limit * 60 if time_limit else None,
                        catch=(ConfigError,))
     return _finish(study, base, space, folder)
+
+
+def _with_task(base: RunConfig) -> RunConfig:
+    """A copy of ``base`` with the data's task resolved and its options checked, so that
+    the study optimises the metric every trial monitors (the default ``val_acc`` becomes
+    ``val_map`` on multilabel data) and an option the task refuses stops the search before
+    its first trial. Raises ConfigError or DatasetError (one line)."""
+    resolved = RunConfig.from_dict(base.to_dict())
+    resolved.data.task = discover_run(resolved.data).task
+    check_task_options(resolved)
+    return resolved
 
 
 def _finished(study) -> list:
@@ -205,4 +234,5 @@ def _finish(study, base: RunConfig, space: dict, folder: Path) -> TuneResult:
         "trials": [{"trial": t.number + 1, "state": t.state.name, "value": t.value, "params": t.params,
                     "run": t.user_attrs.get("run")} for t in study.get_trials(deepcopy=False)],
     }, indent=2, default=str) + "\n")
-    return TuneResult(folder, best.value, best.params, folder / BEST_RECIPE, len(_finished(study)))
+    return TuneResult(folder, best.value, best.params, folder / BEST_RECIPE, len(_finished(study)),
+                      base.train.monitor)

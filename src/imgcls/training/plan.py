@@ -113,7 +113,7 @@ def _image_size(m: Measurements, config: RunConfig, why: dict) -> int:
         _user(why, "image_size", "--image-size", config.data.image_size)
         return config.data.image_size
     if m.image_side is None or m.image_side * UPSCALE >= m.pretrained_size:
-        why["image_size"] = (f"the images ({m.image_side} px) are large enough for the pretraining size"
+        why["image_size"] = (f"the images ({m.image_side} px) are within {UPSCALE}x of the pretraining size"
                              if m.image_side else "image size unknown: the pretraining size")
         return m.pretrained_size
     size = max(MIN_SIZE, min(m.pretrained_size, SIZE_STEP * math.ceil(m.image_side * UPSCALE / SIZE_STEP)))
@@ -288,7 +288,7 @@ def describe_plan(record: PlanRecord) -> list[str]:
     seen = [f"{m.classes} classes", f"{m.train_images:,} train images (smallest class {m.smallest_class})",
             f"median side {m.image_side} px" if m.image_side else "image side unknown"]
     if m.head_train_top1 is not None:
-        seen.append(f"head on frozen features: train top-1 {m.head_train_top1:.3f}"
+        seen.append(f"head on frozen features: train {m.fit_metric} {m.head_train_top1:.3f}"
                     + (f", val {m.head_val_top1:.3f}" if m.head_val_top1 is not None else ""))
     if m.bn_shift is not None:
         far = m.bn_shift > FAR_SHIFT
