@@ -92,19 +92,32 @@ def part_tune(out: Path, trials: int, kill_after: int, size: int) -> None:
     print(f"\n### `imgcls tune` on cifar10-small at {size} px: {trials} trials, killed after {kill_after}\n")
     print(f"killed after {_finished_trials(study)} finished trials ({time.perf_counter() - started:.0f} s)")
     seconds, printed = _imgcls("tune", str(DATA), "--trials", str(trials), "--study", "study", *base)
-    states = json.loads((study / "tune.json").read_text())["trials"]
+    summary = json.loads((study / "tune.json").read_text())
     print(f"rerun: {seconds:.0f} s; trials in order: "
-          + " ".join(f"{t['trial']}:{t['state'][0]}" for t in states)
-          + " (C complete, P pruned, F interrupted by the kill; its settings ran again as the next trial)")
-    best_recipe = study / "best.yaml"
-    _, _ = _imgcls("train", str(DATA), "--recipe", str(best_recipe), "--out-dir", str(out), "--name", "best", *base[2:])
-    _, _ = _imgcls("train", str(DATA), "--image-size", str(size), "--out-dir", str(out), "--name", "defaults",
-                   "--no-report")
-    best, defaults = (_eval_json(out / name / "eval-test" / "eval.json") for name in ("best", "defaults"))
-    print(f"\n| configuration | test top-1 | test macro-F1 | test log loss |\n| --- | --- | --- | --- |")
-    for name, m in (("defaults", defaults), ("best trial (best.yaml)", best)):
+          + " ".join(f"{t['trial']}:{t['state'][0]}{'*' if t['baseline'] else ''}" for t in summary["trials"])
+          + " (C complete, P pruned, F interrupted by the kill: its settings ran again as the next trial; "
+            "* the baseline, the configuration as given)")
+    print(f"search wall time (first run until killed + rerun): {(time.perf_counter() - started) / 60:.1f} min")
+    print("\n| trial | state | val top-1 (best epoch) | settings |\n| --- | --- | --- | --- |")
+    for t in summary["trials"]:
+        value = "" if t["value"] is None else f"{t['value']:.4f}"
+        shown = "as given" if t["baseline"] else ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in t["params"].items())
+        print(f"| {t['trial']} | {t['state']} | {value} | {shown} |")
+    # The baseline trial is `imgcls train --image-size SIZE` (same seed, same weights); each
+    # trial's own checkpoint is scored on the test split, the split no trial saw.
+    baseline = next(t for t in summary["trials"] if t["baseline"])
+    rows = [("defaults (trial %d, the baseline)" % baseline["trial"], baseline["run"]),
+            ("best trial (trial %d)" % summary["best_trial"], summary["best_run"])]
+    print("\n| configuration | test top-1 | test macro-F1 | test log loss |\n| --- | --- | --- | --- |")
+    for name, run in rows:
+        _imgcls("eval", run, "--split", "test", "--no-report", "--out", str(Path(run) / "eval-test"))
+        m = _eval_json(Path(run) / "eval-test" / "eval.json")
         print(f"| {name} | {m['top1']:.4f} | {m['f1_macro']:.4f} | {m['log_loss']:.4f} |")
-    print(f"\nsearch wall time (first run until killed + rerun): {(time.perf_counter() - started) / 60:.1f} min")
+    print(f"\nbest.yaml: {study / 'best.yaml'} (imgcls train DATA --recipe it)")
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _finished_trials(study: Path) -> int:

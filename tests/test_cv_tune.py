@@ -130,3 +130,25 @@ def test_an_option_the_task_refuses_stops_the_search_before_any_trial(tmp_path):
     with pytest.raises(ConfigError, match="--mixup"):
         tune(base, trials=2, name="study")
     assert not (tmp_path / "runs" / "study").exists()
+
+
+def test_the_first_trial_is_the_configuration_as_given_and_a_resumed_search_draws_new_settings(tmp_path):
+    data = make_class_folders(tmp_path / "flat", per_class=6)
+    base = imgcls.make_config(data, out_dir=str(tmp_path / "runs"), **dict(FAST, epochs=1, report=False, lr=0.02))
+    space = {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+             "train.backbone_lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+             "model.head": {"type": "categorical", "choices": ["linear", "mlp:16"]}}
+    tune(base, trials=2, space=space, name="study")
+    again = tune(base, trials=3, space=space, name="study")  # a rerun continues the study
+    summary = json.loads((again.folder / "tune.json").read_text())
+    first, second, third = summary["trials"]
+    # The baseline: the values as given; backbone_lr is left to the plan, so it is not a parameter.
+    assert first["baseline"] and first["params"] == {"train.lr": 0.02, "model.head": "linear"}
+    assert RunConfig.load(Path(first["run"]) / "config.yaml").train.lr == 0.02
+    assert not second["baseline"] and set(second["params"]) == set(space)
+    assert third["params"] != second["params"]  # not the first search's draws again
+    recipe = RunConfig.load(again.best_recipe)
+    if summary["best_is_baseline"]:
+        assert recipe.train.lr == 0.02 and recipe.train.backbone_lr is None
+    else:
+        assert recipe.train.lr == pytest.approx(again.best_params["train.lr"])

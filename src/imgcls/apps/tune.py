@@ -6,7 +6,8 @@ falls below the median of earlier trials at the same epoch, and every trial is a
 run (``<study>/trial-NNN/``) that the leaderboard lists. The study lives in Optuna's own
 SQLite storage (``<study>/study.db``): a search that was interrupted continues where it
 stopped, and the trial that was running when it stopped is run again with its settings.
-The best trial's configuration is written as ``<study>/best.yaml``, a recipe that
+A new study's first trial trains the configuration as given (the baseline the search has to
+beat). The best trial's configuration is written as ``<study>/best.yaml``, a recipe that
 ``imgcls train DATA --recipe <study>/best.yaml`` accepts.
 """
 
@@ -31,6 +32,7 @@ from imgcls.training.losses import check_task_options
 optuna = TrialState = None
 
 STUDY_FILE = "study.db"
+BASELINE = "baseline"  # user attribute of the trial that trains the configuration as given
 BEST_RECIPE = "best.yaml"
 
 # Each entry: a config key and how to sample it. "float": uniform (or log-uniform) in
@@ -153,8 +155,15 @@ def tune(base: RunConfig, trials: int, space: dict[str, dict] | None = None, tim
     study = optuna.create_study(
         study_name=folder.name, storage=f"sqlite:///{folder / STUDY_FILE}", load_if_exists=True,
         direction="maximize" if maximize else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=base.train.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+    # Seeded by the trials already in the study: a resumed search reseeded with the run's
+    # seed alone proposed the first search's trials again (measured: trials 8-11 of a
+    # resumed 12-trial study repeated trials 1-4), so a rerun stays reproducible without
+    # repeating itself.
+    study.sampler = optuna.samplers.TPESampler(seed=base.train.seed + len(study.trials))
+    if not study.trials:
+        study.enqueue_trial(baseline_params(space, base), user_attrs={BASELINE: True})
+        log.info("tune: trial 1 trains the configuration as given, the baseline the search has to beat")
     _retry_interrupted(study)
     remaining = trials - len(_finished(study))
     log.info("tune: %s holds %d finished trial(s); %d to run", folder / STUDY_FILE, trials - remaining,
@@ -164,6 +173,36 @@ def tune(base: RunConfig, trials: int, space: dict[str, dict] | None = None, tim
         study.optimize(objective, n_trials=remaining, timeout=time_limit * 60 if time_limit else None,
                        catch=(ConfigError,))
     return _finish(study, base, space, folder)
+
+
+def baseline_params(space: dict[str, dict], base: RunConfig) -> dict:
+    """The space's values of the configuration as given, for the study's first trial, which
+    trains ``base`` unchanged: the search's best is then never worse on val than not
+    searching (with a dozen trials TPE is still sampling at random). A value the space
+    cannot express (one the plan chooses, such as an unset ``backbone_lr``) is left out."""
+    params = {}
+    for key, spec in space.items():
+        kind = spec["type"]
+        if kind == "scale":
+            if 1.0 in spec["choices"]:
+                params[key] = 1.0
+            continue
+        section, name = key.split(".")
+        value = getattr(getattr(base, section), name)
+        if kind == "categorical" and value in spec["choices"]:
+            params[key] = value
+        elif kind in ("float", "int") and value is not None and spec["low"] <= value <= spec["high"]:
+            params[key] = value
+    return params
+
+
+def _overrides(trial, space: dict[str, dict], base: RunConfig) -> dict:
+    """A trial's config overrides: none for the baseline trial (its values are suggested
+    only so the sampler knows them), else drawn from ``space``."""
+    if trial.user_attrs.get(BASELINE):
+        sample(trial, {key: space[key] for key in baseline_params(space, base)}, base)
+        return {}
+    return sample(trial, space, base)
 
 
 def _with_task(base: RunConfig) -> RunConfig:
@@ -185,7 +224,7 @@ def _retry_interrupted(study) -> None:
     """A trial left running by an interrupted search failed; its settings run again next."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number + 1})
+        study.enqueue_trial(trial.params, user_attrs={**trial.user_attrs, "retry_of": trial.number + 1})
         log.info("tune: trial %d was interrupted; its settings run again", trial.number + 1)
 
 
@@ -193,7 +232,7 @@ def _objective(base: RunConfig, space: dict, folder: Path):
     monitor = base.train.monitor
 
     def objective(trial) -> float:
-        overrides = sample(trial, space, base)
+        overrides = _overrides(trial, space, base)
         config = base.with_overrides({**overrides, "name": f"trial-{trial.number + 1:03d}", "out_dir": str(folder)})
         pruned: list[int] = []
 
@@ -225,14 +264,15 @@ def _finish(study, base: RunConfig, space: dict, folder: Path) -> TuneResult:
     if not complete:
         raise ConfigError(f"{folder}: no trial finished, so there is no best configuration yet")
     best = study.best_trial
-    overrides = sample(optuna.trial.FixedTrial(best.params), space, base)
+    overrides = {} if best.user_attrs.get(BASELINE) else sample(optuna.trial.FixedTrial(best.params), space, base)
     recipe = base.with_overrides({**overrides, "name": None, "out_dir": base.out_dir})
     recipe.save(folder / BEST_RECIPE)
     (folder / "tune.json").write_text(json.dumps({
         "best_trial": best.number + 1, "best_value": best.value, "monitor": base.train.monitor,
         "best_params": best.params, "best_run": best.user_attrs.get("run"),
+        "best_is_baseline": bool(best.user_attrs.get(BASELINE)),
         "trials": [{"trial": t.number + 1, "state": t.state.name, "value": t.value, "params": t.params,
-                    "run": t.user_attrs.get("run")} for t in study.get_trials(deepcopy=False)],
+                    "baseline": bool(t.user_attrs.get(BASELINE)), "run": t.user_attrs.get("run")} for t in study.get_trials(deepcopy=False)],
     }, indent=2, default=str) + "\n")
     return TuneResult(folder, best.value, best.params, folder / BEST_RECIPE, len(_finished(study)),
                       base.train.monitor)
