@@ -152,3 +152,19 @@ def test_the_first_trial_is_the_configuration_as_given_and_a_resumed_search_draw
         assert recipe.train.lr == 0.02 and recipe.train.backbone_lr is None
     else:
         assert recipe.train.lr == pytest.approx(again.best_params["train.lr"])
+
+
+def test_the_pruner_judges_fine_tuning_epochs_only(tmp_path):
+    """Head epochs on cached features say little about where fine-tuning ends: the study
+    sees the fine-tuning epochs' val metric, numbered from the first fine-tuning epoch."""
+    data = make_class_folders(tmp_path / "flat", per_class=6)
+    base = imgcls.make_config(data, out_dir=str(tmp_path / "runs"),
+                              **dict(FAST, epochs=4, head_epochs=2, finetune="always", report=False))
+    result = tune(base, trials=1, space={"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
+                  name="study")
+    trial = optuna.load_study(study_name="study", storage=f"sqlite:///{result.folder / 'study.db'}").trials[0]
+    with (Path(trial.user_attrs["run"]) / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    finetune = [float(row["val_acc"]) for row in rows if row["phase"] == "finetune"]
+    assert [row["phase"] for row in rows] == ["head", "head", "finetune", "finetune"]
+    assert trial.intermediate_values == pytest.approx({1: finetune[0], 2: finetune[1]})
