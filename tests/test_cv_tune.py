@@ -148,6 +148,7 @@ def test_the_first_trial_is_the_configuration_as_given_and_a_resumed_search_draw
     assert not second["baseline"] and set(second["params"]) == set(space)
     assert third["params"] != second["params"]  # not the first search's draws again
     recipe = RunConfig.load(again.best_recipe)
+    assert again.best_is_baseline == summary["best_is_baseline"] == (summary["best_trial"] == 1)
     if summary["best_is_baseline"]:
         assert recipe.train.lr == 0.02 and recipe.train.backbone_lr is None
     else:

@@ -390,7 +390,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     config, _ = _train_config(args, o)
     result = tune(config, o.trials, load_space(o.space), o.time_limit, o.study)
     print(f"\n{result.trials} finished trials in {result.folder / 'study.db'}")
-    print(f"best {result.monitor} {result.best_value:.4f} with {result.best_params}")
+    settings = "the configuration as given (no trial beat it)" if result.best_is_baseline else result.best_params
+    print(f"best {result.monitor} {result.best_value:.4f} with {settings}")
     print(f"best configuration: {result.best_recipe} (imgcls train DATA --recipe {result.best_recipe})")
     return 0
 

@@ -78,6 +78,7 @@ class TuneResult:
     best_recipe: Path
     trials: int  # finished trials in the study (complete or pruned)
     monitor: str  # the val metric the study optimised (val_map for multilabel data by default)
+    best_is_baseline: bool = False  # no trial beat the configuration as given
 
 
 def _require_optuna():
@@ -284,7 +285,8 @@ def _finish(study, base: RunConfig, space: dict, folder: Path) -> TuneResult:
         "best_params": best.params, "best_run": best.user_attrs.get("run"),
         "best_is_baseline": bool(best.user_attrs.get(BASELINE)),
         "trials": [{"trial": t.number + 1, "state": t.state.name, "value": t.value, "params": t.params,
-                    "baseline": bool(t.user_attrs.get(BASELINE)), "run": t.user_attrs.get("run")} for t in study.get_trials(deepcopy=False)],
+                    "baseline": bool(t.user_attrs.get(BASELINE)), "run": t.user_attrs.get("run")}
+                   for t in study.get_trials(deepcopy=False)],
     }, indent=2, default=str) + "\n")
     return TuneResult(folder, best.value, best.params, folder / BEST_RECIPE, len(_finished(study)),
-                      base.train.monitor)
+                      base.train.monitor, bool(best.user_attrs.get(BASELINE)))
