@@ -15,6 +15,14 @@ def test_yaml_round_trip(tmp_path):
     assert RunConfig.load(tmp_path / "c.yaml") == config
 
 
+def test_an_option_is_read_by_the_key_that_overrides_it():
+    config = RunConfig().with_overrides({"lr": 0.05, "model.name": "resnet18", "name": "run"})
+    assert config.value("train.lr") == config.value("lr") == 0.05
+    assert config.value("model.name") == "resnet18" and config.value("name") == "run"
+    with pytest.raises(ConfigError, match="speed"):
+        config.value("speed")
+
+
 def test_yaml_accepts_loose_numbers_and_rejects_unknown_keys(tmp_path):
     (tmp_path / "c.yaml").write_text("train:\n  lr: 1e-3\n  epochs: 4\ndata:\n  train_dirs: one\n")
     config = RunConfig.load(tmp_path / "c.yaml")

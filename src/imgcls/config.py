@@ -232,6 +232,12 @@ class RunConfig:
             raise ConfigError(f"{path}: a config must be a mapping of sections")
         return cls.from_dict(values)
 
+    def value(self, key: str) -> Any:
+        """The value of one option, named as :meth:`with_overrides` names it (``"train.lr"``
+        or ``"lr"``). Raises ConfigError for an unknown key."""
+        section, name = _locate(key)
+        return getattr(getattr(self, section) if section else self, name)
+
     def with_overrides(self, flat: dict[str, Any]) -> "RunConfig":
         """Return a copy with ``{"lr": 0.01, "model.name": "resnet18"}``-style overrides applied."""
         merged = self.to_dict()

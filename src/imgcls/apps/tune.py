@@ -198,8 +198,7 @@ def baseline_params(space: dict[str, dict], base: RunConfig) -> dict:
             if 1.0 in spec["choices"]:
                 params[key] = 1.0
             continue
-        section, name = key.split(".")
-        value = getattr(getattr(base, section), name)
+        value = base.value(key)
         if kind == "categorical" and value in spec["choices"]:
             params[key] = value
         elif kind in ("float", "int") and value is not None and spec["low"] <= value <= spec["high"]:

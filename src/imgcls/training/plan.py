@@ -239,22 +239,13 @@ PLAN_OPTIONS = {"data.image_size": None, "data.train_size": None, "train.head_ep
 
 def asked_options(config: RunConfig) -> dict:
     """The plan's options as the user gave them (the unset value where not given)."""
-    return {key: _get(config, key) for key in PLAN_OPTIONS}
+    return {key: config.value(key) for key in PLAN_OPTIONS}
 
 
 def with_asked(config: RunConfig, asked: dict) -> RunConfig:
     """A copy of ``config`` with the plan's options back as the user gave them, so that
     :func:`choose_plan` tells what the user set from what an earlier plan filled in."""
-    copy = RunConfig.from_dict(config.to_dict())
-    for key, value in asked.items():
-        section, name = key.split(".")
-        setattr(getattr(copy, section), name, value)
-    return copy
-
-
-def _get(config: RunConfig, key: str):
-    section, name = key.split(".")
-    return getattr(getattr(config, section), name)
+    return config.with_overrides(asked)
 
 
 @dataclass
@@ -318,12 +309,11 @@ def reconcile_resumed(asked: RunConfig, saved: RunConfig, run_dir: Path) -> RunC
     record = read_plan(run_dir)
     if record is None or record.plan is None:
         return asked
-    out = RunConfig.from_dict(asked.to_dict())
+    kept = {}
     for key, unset in PLAN_OPTIONS.items():
         if key == "train.epochs" or record.asked.get(key, unset) != unset:
             continue  # --epochs may change on resume; a user's own value is judged as given
-        now, then = _get(out, key), _get(saved, key)
+        now, then = asked.value(key), saved.value(key)
         if now != then and (now == unset or now == getattr(record.plan, key.split(".")[1], unset)):
-            section, name = key.split(".")
-            setattr(getattr(out, section), name, then)
-    return out
+            kept[key] = then
+    return asked.with_overrides(kept)
