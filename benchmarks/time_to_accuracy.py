@@ -214,6 +214,18 @@ def table(results: dict, epochs: list[int]) -> list[str]:
     return rows
 
 
+def merged_table(paths: list[str], epochs: list[int]) -> list[str]:
+    """The table of measurements kept by several runs' ``--json`` files, and which file
+    each measurement came from (a ratio across two runs is only as good as their loads)."""
+    results: dict[str, dict] = {}
+    sources = []
+    for path in paths:
+        for name, sides in json.loads(Path(path).read_text()).items():
+            results.setdefault(name, {}).update(sides)
+            sources.append(f"{name} {', '.join(sides)}: {Path(path).name}")
+    return table(results, epochs) + ["", "Measurements merged from separate runs: " + "; ".join(sources)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
@@ -223,7 +235,13 @@ def main() -> None:
                         help="an imgcls.train option for the imgcls side (repeatable), e.g. finetune=always")
     parser.add_argument("--curve", action="store_true", help="plain loop: also score after every epoch (untimed)")
     parser.add_argument("--json", help="also write every measurement to this file")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="measure nothing: print the table of earlier --json files (later files win per "
+                             "dataset and side); the ratios then mix runs, which the table's note says")
     args = parser.parse_args()
+    if args.merge:
+        print("\n".join(merged_table(args.merge, sorted(args.epochs))))
+        return
     options = {}
     for item in args.option:
         key, _, value = item.partition("=")
