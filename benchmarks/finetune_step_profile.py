@@ -32,12 +32,12 @@ from imgcls.models.classifier import apply_freeze, build_model, train_mode
 
 def _model(frozen: int):
     model, _ = build_model(RunConfig().model, RunConfig().data, num_classes=10)
-    blocks = len(model.backbone_blocks())
-    apply_freeze(model, f"all-but-last:{blocks - frozen}" if frozen else "none")
+    groups = len(model.backbone_blocks())
+    apply_freeze(model, f"all-but-last:{groups - frozen}" if frozen else "none")
     train_mode(model)
     model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
-    return model, optimizer, blocks
+    return model, optimizer
 
 
 def _step(model, optimizer, images, labels) -> None:
@@ -54,7 +54,7 @@ def _batch(size: int, batch: int):
 
 def operator_shares(size: int, batch: int, rows: int = 8) -> list[tuple[str, float]]:
     """(operator, share of self CPU time) for full fine-tuning steps, largest first."""
-    model, optimizer, _ = _model(0)
+    model, optimizer = _model(0)
     images, labels = _batch(size, batch)
     for _ in range(2):
         _step(model, optimizer, images, labels)
@@ -67,7 +67,7 @@ def operator_shares(size: int, batch: int, rows: int = 8) -> list[tuple[str, flo
 
 
 def images_per_second(size: int, batch: int, frozen: int) -> float:
-    model, optimizer, _ = _model(frozen)
+    model, optimizer = _model(frozen)
     images, labels = _batch(size, batch)
     times = []
     for _ in range(6):
